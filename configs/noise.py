@@ -12,7 +12,9 @@ from nml_jax import config_lib
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, ratio=0.2, kind="symmetric", seed=0, dataset="nml_fashion_mnist")
+    arg = config_lib.parse_arg(
+        arg, ratio=0.2, kind="symmetric", seed=0, dataset="nml_fashion_mnist"
+    )
     config = ml_collections.ConfigDict()
     config.stage = "noise"
     config.dataset = arg.dataset

@@ -102,7 +102,9 @@ def check_range(
         )
     if not ok:
         left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise ConfigError(f"config.{name}={value!r} is not valid; expected a number in {left}{low}, {high}{right}.")
+        raise ConfigError(
+            f"config.{name}={value!r} is not valid; expected a number in {left}{low}, {high}{right}."
+        )
 
 
 def check_positive_int(name: str, value: Any) -> None:
@@ -139,7 +141,9 @@ def itstime(step: int, every: int | None, total: int, *, last: bool = True) -> b
     return bool((every and step % every == 0) or (last and step == total))
 
 
-def noise_block(kind: str = "symmetric", ratio: float = 0.0, seed: int = 0) -> ml_collections.ConfigDict:
+def noise_block(
+    kind: str = "symmetric", ratio: float = 0.0, seed: int = 0
+) -> ml_collections.ConfigDict:
     """The `noise` sub-config shared by the noise, pretrain, clip_pretrain and study configs.
 
     kind: none | symmetric | asymmetric | matrix | caption_swap; ratio in [0, 1); seed picks the corrupted
@@ -148,3 +152,16 @@ def noise_block(kind: str = "symmetric", ratio: float = 0.0, seed: int = 0) -> m
     return ml_collections.ConfigDict(
         {"kind": kind, "ratio": ratio, "seed": seed, "pairs": None, "matrix": None}, type_safe=False
     )
+
+
+def load_sibling(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of another file in the same configs/ folder as `config_file` (not the working dir)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    spec = importlib.util.spec_from_file_location(f"nml_jax_configs_{name[:-3]}", path)
+    if spec is None or not os.path.exists(path):
+        raise ConfigError(f"No config file {path!r}.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

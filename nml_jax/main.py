@@ -11,14 +11,20 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from nml_jax import config_lib  # noqa: E402
+from nml_jax import config_lib
 
-# Stage name -> module whose `run(config, workdir)` runs it.
+# Stage name -> 'module:function' that runs it as function(config, workdir).
 STAGES = {
-    "noise": "nml_jax.noise",
+    "noise": "nml_jax.noise:run",
+    "pretrain": "nml_jax.pretrain:run",
+    "features": "nml_jax.downstream:run_features",
+    "analyze": "nml_jax.downstream:run_analyze",
+    "transfer": "nml_jax.downstream:run_transfer",
+    "nmtune": "nml_jax.study:run_nmtune",
+    "study": "nml_jax.study:run_study",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,24 +33,27 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the stage's outputs.")
 
 
-def stage_module(stage: str):
-    """Imports the module that runs `stage`, or raises ConfigError listing the known stages."""
+def stage_fn(stage: str):
+    """The `run(config, workdir)` function of `stage`; a ConfigError lists the known stages."""
     config_lib.check_choice("stage", stage, sorted(STAGES))
-    return importlib.import_module(STAGES[stage])
+    module, _, fn = STAGES[stage].partition(":")
+    return getattr(importlib.import_module(module), fn or "run")
 
 
 def run(config, workdir: str):
     """Runs `config.stage` in `workdir` and returns what the stage returns."""
     if "stage" not in config:
-        raise config_lib.ConfigError(f"The config has no `stage`; expected one of {sorted(STAGES)}.")
-    module = stage_module(config.stage)
+        raise config_lib.ConfigError(
+            f"The config has no `stage`; expected one of {sorted(STAGES)}."
+        )
+    stage_run = stage_fn(config.stage)
     from nml_jax import parallel
 
     parallel.initialize(config.get("distributed", None))
     if parallel.is_main_process():
         config_lib.write_config(config, workdir)
     parallel.log_topology()
-    return module.run(config, workdir)
+    return stage_run(config, workdir)
 
 
 def main(argv):

@@ -186,7 +186,9 @@ def make_label_noise(
         noisy = asymmetric_noise(labels, check_pairs(pairs, num_classes), ratio, rng)
     else:
         if noise_config.get("matrix") is None:
-            raise config_lib.ConfigError("config.noise.kind='matrix' needs config.noise.matrix (C x C).")
+            raise config_lib.ConfigError(
+                "config.noise.kind='matrix' needs config.noise.matrix (C x C)."
+            )
         matrix = check_transition_matrix(noise_config.matrix, num_classes)
         noisy = matrix_noise(labels, matrix, ratio, rng)
     return {
@@ -237,7 +239,9 @@ def load(path: str) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
-def load_or_make(config: Any, workdir: str, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def load_or_make(
+    config: Any, workdir: str, labels: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Returns the noise for `config`, reusing `<workdir>/noise.npz` when it was made with the same settings.
 
     `labels` (the clean train labels) may be passed to avoid loading the dataset again. Every process computes
@@ -254,7 +258,11 @@ def load_or_make(config: Any, workdir: str, labels: np.ndarray | None = None) ->
         logging.info("%s was made with other settings; making it again.", path)
     split = config.get("train_split", "train")
     if config.noise.kind == "caption_swap":
-        count = len(labels) if labels is not None else data.num_examples(config.dataset, split, config.get("data_dir"))
+        count = (
+            len(labels)
+            if labels is not None
+            else data.num_examples(config.dataset, split, config.get("data_dir"))
+        )
         result = make_caption_noise(count, config.noise)
     else:
         if labels is None:
@@ -282,5 +290,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         total,
         os.path.join(workdir, NOISE_FILE),
     )
-    print(f"noise.npz: {corrupted}/{total} corrupted ({config.noise.kind}, ratio {float(result['ratio'])})")
+    print(
+        f"noise.npz: {corrupted}/{total} corrupted ({config.noise.kind}, ratio {float(result['ratio'])})"
+    )
     return {"noise": result, "corrupted": corrupted, "total": total}

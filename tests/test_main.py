@@ -21,7 +21,9 @@ def _main(*args, workdir):
 
 
 def test_noise_stage_writes_config_and_noise(tmp_path):
-    proc = _main("--config=configs/noise.py:ratio=0.1", "--config.train_split=train[:2000]", workdir=tmp_path)
+    proc = _main(
+        "--config=configs/noise.py:ratio=0.1", "--config.train_split=train[:2000]", workdir=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["stage"] == "noise" and config["noise"]["ratio"] == 0.1
@@ -34,8 +36,14 @@ def test_noise_stage_writes_config_and_noise(tmp_path):
     "args, message",
     [
         (["--config=configs/noise.py", "--config.noise.ratoi=0.1"], "ratoi"),
-        (["--config=configs/noise.py", "--config.stage=pretrian"], "config.stage='pretrian' is not valid"),
-        (["--config=configs/noise.py:ratio=1.5"], r"noise.ratio=1.5 is not valid; expected a number in \[0.0, 1.0\)"),
+        (
+            ["--config=configs/noise.py", "--config.stage=pretrian"],
+            "config.stage='pretrian' is not valid",
+        ),
+        (
+            ["--config=configs/noise.py:ratio=1.5"],
+            r"noise.ratio=1.5 is not valid; expected a number in \[0.0, 1.0\)",
+        ),
         (["--config=configs/noise.py:ration=0.1"], "Unknown config variant 'ration'"),
         (["--config=configs/nosie.py"], "nosie.py"),
     ],
@@ -47,7 +55,9 @@ def test_bad_config_fails_with_message(tmp_path, args, message):
 
 
 def test_parse_arg_types():
-    arg = config_lib.parse_arg("noise=0,smoke,name=abc,ratios=(0.1,0.2)", noise=0.2, smoke=False, name="x", ratios=())
+    arg = config_lib.parse_arg(
+        "noise=0,smoke,name=abc,ratios=(0.1,0.2)", noise=0.2, smoke=False, name="x", ratios=()
+    )
     assert arg.noise == 0.0 and isinstance(arg.noise, float)
     assert arg.smoke is True and arg.name == "abc" and arg.ratios == (0.1, 0.2)
     with pytest.raises(config_lib.ConfigError, match="expected a float"):

@@ -121,12 +121,14 @@ def test_bad_matrix_rejected(labels, matrix, message):
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan")])
 def test_bad_ratio_rejected(labels, ratio):
-    with pytest.raises(config_lib.ConfigError, match=r"noise.ratio=.*expected a number in \[0.0, 1.0\)"):
+    with pytest.raises(
+        config_lib.ConfigError, match=r"noise.ratio=.*expected a number in \[0.0, 1.0\)"
+    ):
         noise.make_label_noise(labels, 10, _config(ratio=ratio).noise)
 
 
 def test_unknown_kind_rejected(labels):
-    with pytest.raises(config_lib.ConfigError, match="noise.kind='symetric'"):
+    with pytest.raises(config_lib.ConfigError, match=r"noise\.kind='symetric'"):
         noise.make_label_noise(labels, 10, _config(kind="symetric").noise)
 
 

@@ -1,0 +1,35 @@
+"""The main job: the embedded noisy-model study at one noise level, end to end.
+
+Noise -> pre-training of the small CNN on noisy Fashion-MNIST (or the checkpoint already in the workdir) ->
+features -> spectrum (SVE, LSVR) -> LP, MLP and NMTune on the embedded ID and OOD tasks -> results.csv,
+spectrum.json, report.md, figures/.
+
+    python -m nml_jax.main --config=configs/nmtune.py --workdir=workdirs/main
+    python -m nml_jax.main --config=configs/nmtune.py:noise=0.2,seed=1 --workdir=workdirs/n20_s1
+    python -m nml_jax.main --config=configs/nmtune.py:smoke --workdir=/tmp/smoke     # same path, ~1 minute
+NMTune on black-box features (any model, any API) instead of our own encoder:
+    python -m nml_jax.main --config=configs/nmtune.py --workdir=workdirs/api \
+        --config.features_npz=my_features.npz
+"""
+
+from nml_jax import config_lib, downstream
+
+
+def get_config(arg=None):
+    arg = config_lib.parse_arg(arg, noise=0.1, seed=0, smoke=False, views=0, train_limit=10000)
+    config = downstream.default_config(("lp", "mlp", "nmtune"))
+    config.stage = "nmtune"
+    config.seed = arg.seed
+    pretrain_arg = f"noise={arg.noise},seed={arg.seed}" + (",smoke" if arg.smoke else "")
+    config.pretrain = config_lib.load_sibling(__file__, "pretrain.py", pretrain_arg)
+    config.train_limit = arg.train_limit
+    config.views.count = arg.views
+    for method in config.transfer:
+        config.transfer[method].seed = arg.seed
+    config.title = f"NMTune on the embedded suite (pre-training noise {arg.noise:g})"
+    if arg.smoke:
+        config.train_limit = 256
+        config.feature_batch_size = 128
+        for method in config.transfer:
+            config.transfer[method].epochs = 2
+    return config

@@ -1,0 +1,134 @@
+"""Downstream tasks: which features train a head and which test it.
+
+An ID task trains and tests on one dataset's splits. An OOD task trains on a source domain and tests on shifted
+domains with the same classes (the paper's DomainNet protocol); predictions are always in the source's label space.
+Suites are lists of tasks; the embedded suite runs offline, the paper suites name TFDS datasets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """One split of one dataset, under the name results.csv uses for it."""
+
+    name: str
+    dataset: str
+    split: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A head is trained on `train` and scored on each of `tests`; `kind` is 'id' or 'ood'."""
+
+    name: str
+    kind: str
+    train: Domain
+    tests: tuple[Domain, ...]
+
+
+def id_task(name: str, dataset: str, train_split: str = "train", test_split: str = "test") -> Task:
+    return Task(
+        name, "id", Domain(name, dataset, train_split), (Domain(name, dataset, test_split),)
+    )
+
+
+def ood_task(name: str, source: Domain, targets: dict[str, tuple[str, str]]) -> Task:
+    """`targets` maps a domain name to (dataset, split)."""
+    tests = tuple(Domain(target, dataset, split) for target, (dataset, split) in targets.items())
+    return Task(name, "ood", source, tests)
+
+
+FASHION_MNIST_CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "rotate")
+
+
+def embedded_suite(
+    mnist_corruptions: tuple[str, ...] = (), train_limit: int | None = None
+) -> list[Task]:
+    """ID: Fashion-MNIST, MNIST-5k, UCI digits. OOD: MNIST-5k -> UCI digits, MNIST-M, printed digits, MNIST-C;
+    Fashion-MNIST -> Fashion-MNIST-C and sketch.
+
+    `train_limit` caps every training split (TFDS slicing `train[:N]`), to keep the default job fast.
+    """
+    train = f"train[:{train_limit}]" if train_limit else "train"
+    fmnist = Domain("fashion_mnist", "nml_fashion_mnist", train)
+    mnist = Domain("mnist5k", "nml_mnist5k", train)
+    digits_targets = {
+        "uci_digits": ("nml_uci_digits", "test"),
+        "mnist_m": ("nml_mnist_m", "test"),
+        "printed_digits": ("nml_printed_digits", "test"),
+        **{f"mnist_c_{c}": (f"nml_mnist_c/{c}", "test") for c in mnist_corruptions},
+    }
+    fashion_targets = {
+        **{
+            f"fashion_mnist_c_{c}": (f"nml_fashion_mnist_c/{c}", "test")
+            for c in FASHION_MNIST_CORRUPTIONS
+        },
+        "fashion_mnist_sketch": ("nml_fashion_mnist_sketch", "test"),
+    }
+    return [
+        id_task("fashion_mnist", "nml_fashion_mnist", train),
+        id_task("mnist5k", "nml_mnist5k", train),
+        id_task("uci_digits", "nml_uci_digits", train),
+        ood_task("mnist5k_ood", mnist, digits_targets),
+        ood_task("fashion_mnist_ood", fmnist, fashion_targets),
+    ]
+
+
+# The paper's ID suite (Table 1 / Fig. 2) as TFDS names, with the splits TFDS offers.
+PAPER_ID = {
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "oxford_flowers102": ("train+validation", "test"),
+    "food101": ("train", "validation"),
+    "oxford_iiit_pet": ("train", "test"),
+    "cars196": ("train", "test"),
+    "dtd": ("train+validation", "test"),
+    "caltech101": ("train", "test"),
+    "eurosat/rgb": ("train[:80%]", "train[80%:]"),
+    "patch_camelyon": ("train", "test"),
+    "resisc45": ("train[:80%]", "train[80%:]"),
+    "svhn_cropped": ("train", "test"),
+    "sun397": ("train", "test"),
+}
+
+DOMAINNET_DOMAINS = ("real", "sketch", "painting", "clipart")
+
+
+def paper_id_suite() -> list[Task]:
+    return [id_task(name.split("/")[0], name, tr, te) for name, (tr, te) in PAPER_ID.items()]
+
+
+def domainnet_suite(source: str = "real") -> list[Task]:
+    """DomainNet (TFDS `domainnet/<domain>`): train on `source`, test on every domain (the source's test too)."""
+    src = Domain(source, f"domainnet/{source}", "train")
+    targets = {d: (f"domainnet/{d}", "test") for d in DOMAINNET_DOMAINS}
+    return [ood_task(f"domainnet_{source}", src, targets)]
+
+
+def imagenet_ood_suite() -> list[Task]:
+    """ImageNet -> ImageNet-V2 / Sketch / A / R, scored in the source's 1,000-class label space.
+
+    ImageNet-A and -R cover 200-class subsets; TFDS labels them in the 1,000-class space. Predicting over all
+    1,000 classes is stricter than the usual masking of logits to the 200 (numbers are lower than published ones).
+    """
+    src = Domain("imagenet", "imagenet2012", "train")
+    targets = {
+        "imagenet": ("imagenet2012", "validation"),
+        "imagenet_v2": ("imagenet_v2", "test"),
+        "imagenet_sketch": ("imagenet_sketch", "test"),
+        "imagenet_a": ("imagenet_a", "test"),
+        "imagenet_r": ("imagenet_r", "test"),
+    }
+    return [ood_task("imagenet_ood", src, targets)]
+
+
+SUITES = {
+    "embedded": embedded_suite,
+    "paper_id": paper_id_suite,
+    "domainnet_real": lambda: domainnet_suite("real"),
+    "domainnet_sketch": lambda: domainnet_suite("sketch"),
+    "imagenet_ood": imagenet_ood_suite,
+}
