@@ -1,0 +1,148 @@
+"""Datasets through TFDS: embedded offline builders, in-memory loading, preprocessing and input pipelines.
+
+`load(name, split)` returns a whole split as numpy arrays. Embedded sets (`EMBEDDED`, built offline from files on
+the machine on first use) and any prepared TFDS dataset (e.g. `imagenet2012` in a `data_dir`) go through the
+same code path; a dataset that is not prepared fails with a message that says how to prepare it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf
+
+# TensorFlow only feeds data; the accelerators belong to JAX.
+tf.config.set_visible_devices([], "GPU")
+
+import numpy as np  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from nml_jax.data.builders import EMBEDDED, EmbeddedSet, embedded_names  # noqa: E402
+
+__all__ = [
+    "EMBEDDED",
+    "READ_CONFIG",
+    "EmbeddedSet",
+    "builder",
+    "class_names",
+    "default_data_dir",
+    "embedded_names",
+    "load",
+    "load_labels",
+    "num_classes",
+    "num_examples",
+]
+
+DATA_DIR_ENV = "NML_JAX_DATA_DIR"
+# Sequential, deterministic reads: example i of a split is the same row for `load` and the streaming pipelines.
+READ_CONFIG = tfds.ReadConfig(interleave_cycle_length=1, shuffle_seed=0, try_autocache=False)
+
+
+def default_data_dir() -> str:
+    """`$NML_JAX_DATA_DIR`, else `~/.cache/nml_jax/tensorflow_datasets`."""
+    return os.environ.get(DATA_DIR_ENV) or os.path.expanduser(
+        "~/.cache/nml_jax/tensorflow_datasets"
+    )
+
+
+def _resolve(data_dir: str | None) -> str:
+    return os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+
+
+@functools.cache
+def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    try:
+        result = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ValueError(
+            f"Unknown dataset {name!r}: not an embedded set ({sorted(EMBEDDED)}) nor a TFDS dataset."
+        ) from e
+    if name in EMBEDDED:
+        if not result.is_prepared():
+            tfds.disable_progress_bar()  # Seconds-long local builds; the bars only clutter logs.
+            result.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    compute_stats=tfds.download.ComputeStatsMode.SKIP
+                )
+            )
+    elif not result.is_prepared():
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in {data_dir}. Prepare it once with "
+            f"`tfds build {name} --data_dir={data_dir}`; datasets with manual downloads (e.g. imagenet2012) need "
+            f"their files in {os.path.join(data_dir, 'downloads', 'manual')} first. Then pass data_dir={data_dir!r} "
+            f"or set ${DATA_DIR_ENV}."
+        )
+    return result
+
+
+def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """The prepared TFDS builder of `name` (embedded sets are built on first use)."""
+    return _builder(name, _resolve(data_dir))
+
+
+def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.ndarray]:
+    """The whole `split` (TFDS slicing allowed, e.g. `train[:500]`) in memory.
+
+    Returns:
+      {'image': uint8 [N, H, W, C], 'label': int32 [N]}; the arrays are read-only because they are cached
+      in-process and shared by every caller (copy before changing them).
+    """
+    return _load(name, split, _resolve(data_dir))
+
+
+@functools.lru_cache(maxsize=64)
+def _load(name: str, split: str, data_dir: str) -> dict[str, np.ndarray]:
+    ds = _builder(name, data_dir).as_dataset(
+        split=split, batch_size=-1, shuffle_files=False, read_config=READ_CONFIG
+    )
+    data = tfds.as_numpy(ds)
+    missing = {"image", "label"} - set(data)
+    if missing:
+        raise ValueError(
+            f"Dataset {name!r} has no {sorted(missing)} feature; it has {sorted(data)}."
+        )
+    image, label = data["image"], data["label"]
+    if image.ndim != 4 or image.dtype != np.uint8:
+        raise ValueError(
+            f"{name}/{split}: images {image.shape} {image.dtype}; expected uint8 [N, H, W, C]."
+        )
+    result = {"image": image, "label": label.astype(np.int32)}
+    for value in result.values():
+        value.flags.writeable = False
+    return result
+
+
+def num_classes(name: str, data_dir: str | None = None) -> int:
+    """Number of classes of `name`'s `label` feature."""
+    if name in EMBEDDED:
+        return len(EMBEDDED[name].class_names)
+    return builder(name, data_dir).info.features["label"].num_classes
+
+
+def class_names(name: str, data_dir: str | None = None) -> list[str]:
+    """Class names of `name`'s `label` feature, in label order."""
+    if name in EMBEDDED:
+        return list(EMBEDDED[name].class_names)
+    return list(builder(name, data_dir).info.features["label"].names)
+
+
+def load_labels(name: str, split: str, *, data_dir: str | None = None) -> np.ndarray:
+    """The labels of `split` in row order (the same rows as `load` and the streams), without decoding images."""
+    if name in EMBEDDED:
+        return load(name, split, data_dir=data_dir)["label"].astype(np.int64)
+    ds = builder(name, data_dir).as_dataset(
+        split=split,
+        shuffle_files=False,
+        read_config=READ_CONFIG,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    batches = ds.map(lambda x: x["label"]).batch(8192).prefetch(2)
+    return np.concatenate([b for b in tfds.as_numpy(batches)] or [np.zeros(0)]).astype(np.int64)
+
+
+def num_examples(name: str, split: str, data_dir: str | None = None) -> int:
+    """Number of examples of `split` (TFDS slicing allowed)."""
+    return builder(name, data_dir).info.splits[split].num_examples
