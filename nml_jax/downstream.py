@@ -28,9 +28,7 @@ def suite(config) -> list[tasks.Task]:
     """The downstream tasks the config names (`config.suite`, with `config.train_limit` for the embedded one)."""
     config_lib.check_choice("suite", config.suite, sorted(tasks.SUITES))
     if config.suite == "embedded":
-        from nml_jax.data import builders
-
-        return tasks.embedded_suite(builders.MNIST_C_CORRUPTIONS, config.get("train_limit"))
+        return tasks.embedded_suite(config.get("train_limit"))
     return tasks.SUITES[config.suite]()
 
 

@@ -41,12 +41,14 @@ def ood_task(name: str, source: Domain, targets: dict[str, tuple[str, str]]) -> 
     return Task(name, "ood", source, tests)
 
 
-FASHION_MNIST_CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast", "rotate")
+def _configs(family: str) -> list[str]:
+    """The configs of an embedded shifted family, e.g. `nml_mnist_c` -> ['shot_noise', ...]."""
+    from nml_jax.data import EMBEDDED
+
+    return [name.split("/", 1)[1] for name in EMBEDDED if name.startswith(family + "/")]
 
 
-def embedded_suite(
-    mnist_corruptions: tuple[str, ...] = (), train_limit: int | None = None
-) -> list[Task]:
+def embedded_suite(train_limit: int | None = None) -> list[Task]:
     """ID: Fashion-MNIST, MNIST-5k, UCI digits. OOD: MNIST-5k -> UCI digits, MNIST-M, printed digits, MNIST-C;
     Fashion-MNIST -> Fashion-MNIST-C and sketch.
 
@@ -59,12 +61,12 @@ def embedded_suite(
         "uci_digits": ("nml_uci_digits", "test"),
         "mnist_m": ("nml_mnist_m", "test"),
         "printed_digits": ("nml_printed_digits", "test"),
-        **{f"mnist_c_{c}": (f"nml_mnist_c/{c}", "test") for c in mnist_corruptions},
+        **{f"mnist_c_{c}": (f"nml_mnist_c/{c}", "test") for c in _configs("nml_mnist_c")},
     }
     fashion_targets = {
         **{
             f"fashion_mnist_c_{c}": (f"nml_fashion_mnist_c/{c}", "test")
-            for c in FASHION_MNIST_CORRUPTIONS
+            for c in _configs("nml_fashion_mnist_c")
         },
         "fashion_mnist_sketch": ("nml_fashion_mnist_sketch", "test"),
     }
