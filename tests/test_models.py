@@ -1,0 +1,78 @@
+"""Models: every registry entry returns (logits, features); fast max-pool; bfloat16 compute."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nml_jax import models
+from nml_jax.models import layers
+
+# Tiny versions of every family: (name, kwargs, input shape, feature dim).
+CASES = [
+    ("cnn", {}, (2, 28, 28, 1), 128),
+    ("resnet18", {"width": 4, "stem": "small", "stage_sizes": (1, 1)}, (2, 16, 16, 3), 8),
+    ("resnet34", {"width": 4, "stem": "small", "stage_sizes": (1, 1)}, (2, 16, 16, 3), 8),
+    ("resnet50", {"width": 4, "stage_sizes": (1, 1)}, (2, 64, 64, 3), 32),
+    ("vit_tiny", {}, (2, 16, 16, 3), 32),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,shape,dim", CASES)
+def test_model_returns_logits_and_features(name, kwargs, shape, dim):
+    model = models.get(name, 7, **kwargs)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    logits, features = model.apply(variables, x, train=False)
+    assert logits.shape == (shape[0], 7) and logits.dtype == jnp.float32
+    assert features.shape == (shape[0], dim) and features.dtype == jnp.float32
+    # `head` maps features to logits: the feature stage relies on that name and shape.
+    assert variables["params"]["head"]["kernel"].shape == (dim, 7)
+
+
+def test_resnet_depths_have_the_standard_block_counts():
+    x = jnp.zeros((1, 32, 32, 3))
+    for depth, blocks in [(18, 8), (50, 16)]:
+        model = models.get(f"resnet{depth}", 10, width=2, stem="small")
+        params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
+        names = [k for k in params if "Block" in k]
+        assert len(names) == blocks, (depth, names)
+
+
+def test_resnet50_imagenet_has_25m_parameters():
+    model = models.get("resnet50", 1000)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
+    count = sum(np.prod(p.shape) for p in jax.tree.leaves(params["params"]))
+    assert 25.4e6 < count < 25.7e6, count  # The published 25.6M.
+
+
+@pytest.mark.parametrize("size", [(4, 8), (6, 6), (7, 9)])
+def test_reshape_max_pool_matches_reduce_window(size):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, *size, 3)), jnp.float32)
+    expected = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    np.testing.assert_array_equal(layers.max_pool(x, 2), expected)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 3)), jnp.float32)
+    kwargs = {"width": 4, "stem": "small", "stage_sizes": (1,)}
+    f32 = models.get("resnet18", 5, **kwargs)
+    bf16 = models.get("resnet18", 5, dtype="bfloat16", **kwargs)
+    variables = f32.init(jax.random.PRNGKey(0), x)
+    abstract = jax.eval_shape(bf16.init, jax.random.PRNGKey(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(abstract))
+    (_, feat32), (_, feat16) = f32.apply(variables, x), bf16.apply(variables, x)
+    assert feat16.dtype == jnp.float32
+    np.testing.assert_allclose(feat16, feat32, rtol=0.1, atol=0.05)
+    assert not np.array_equal(feat16, feat32)  # The compute really ran in bfloat16.
+
+
+def test_bad_names_raise_clear_errors():
+    with pytest.raises(ValueError, match="Unknown model 'resnet7'"):
+        models.get("resnet7", 10)
+    with pytest.raises(ValueError, match="stem='tiny'"):
+        model = models.get("resnet18", 10, stem="tiny")
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        layers.get_dtype("int8")
