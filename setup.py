@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
     "scikit-learn==1.9.1",  # UCI digits (load_digits) and sample photos.
     "scikit-image==0.26.0",  # sample photos shipped in the wheel (MNIST-M textures).
     "matplotlib==3.11.2",
+    "importlib_resources==7.1.0",  # TFDS looks up catalog builders' code with it (imagenet2012, cifar10, ...).
+    "safetensors==0.8.0",  # MiniLM weights.
+    "tokenizers==0.23.3",  # MiniLM's WordPiece tokenizer and the CLIP BPE tokenizer, offline.
 ]
 
 EXTRAS_REQUIRE = {

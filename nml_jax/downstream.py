@@ -90,7 +90,12 @@ def spectra_of(
     for t in task_features:
         for domain, (feats, _) in t.tests.items():
             if domain not in out:
-                out[domain] = {"kind": t.kind, **spectrum.summary(feats, centering=centering)}
+                source = t.test_sources.get(domain, domain)
+                out[domain] = {
+                    "kind": t.kind,
+                    "source": source,
+                    **spectrum.summary(feats, centering=centering),
+                }
     return out
 
 

@@ -44,6 +44,8 @@ class TaskFeatures:
     train_labels: np.ndarray  # [N] int64
     tests: dict[str, tuple[np.ndarray, np.ndarray]]  # domain -> (features [M, D], labels [M])
     num_classes: int
+    # Test domain -> where its features came from ("dataset[split]", or "file.npz:key").
+    test_sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def train_features(self) -> np.ndarray:
@@ -145,7 +147,18 @@ def load_npz(path: str, name: str | None = None) -> list[TaskFeatures]:
     id_tests = {
         name: (test, _labels(path, "test_labels", arrays["test_labels"], len(test), num_classes))
     }
-    result = [TaskFeatures(name, "id", name, views, train_labels, id_tests, num_classes)]
+    result = [
+        TaskFeatures(
+            name,
+            "id",
+            name,
+            views,
+            train_labels,
+            id_tests,
+            num_classes,
+            {name: f"{path}:test_features"},
+        )
+    ]
     ood_names = sorted({m["name"] for k in arrays if (m := _OOD_KEY.match(k))})
     ood_tests = {}
     for ood in ood_names:
@@ -155,8 +168,11 @@ def load_npz(path: str, name: str | None = None) -> list[TaskFeatures]:
         feats = _features(path, f_key, arrays[f_key], dim)
         ood_tests[ood] = (feats, _labels(path, l_key, arrays[l_key], len(feats), num_classes))
     if ood_tests:
+        sources = {ood: f"{path}:ood_{ood}_features" for ood in ood_tests}
         result.append(
-            TaskFeatures(f"{name}_ood", "ood", name, views, train_labels, ood_tests, num_classes)
+            TaskFeatures(
+                f"{name}_ood", "ood", name, views, train_labels, ood_tests, num_classes, sources
+            )
         )
     return result
 
@@ -315,6 +331,14 @@ def task_features(encoder, task: tasks.Task, num_classes: int, **kwargs) -> Task
     for domain in task.tests:
         feats, labels = domain_features(encoder, domain, **test_kwargs)
         tests[domain.name] = (feats[0], labels)
+    sources = {d.name: f"{d.dataset}[{d.split}]" for d in task.tests}
     return TaskFeatures(
-        task.name, task.kind, task.train.name, train_views, train_labels, tests, num_classes
+        task.name,
+        task.kind,
+        task.train.name,
+        train_views,
+        train_labels,
+        tests,
+        num_classes,
+        sources,
     )

@@ -7,6 +7,7 @@ on `config.stage` to that stage's `run(config, workdir)`.
 from __future__ import annotations
 
 import importlib
+import logging as pylogging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,10 +21,12 @@ from nml_jax import config_lib
 STAGES = {
     "noise": "nml_jax.noise:run",
     "pretrain": "nml_jax.pretrain:run",
+    "clip_pretrain": "nml_jax.clip_pretrain:run",
     "features": "nml_jax.downstream:run_features",
     "analyze": "nml_jax.downstream:run_analyze",
     "transfer": "nml_jax.downstream:run_transfer",
     "nmtune": "nml_jax.study:run_nmtune",
+    "nmtune_text": "nml_jax.study:run_nmtune_text",
     "study": "nml_jax.study:run_study",
 }
 
@@ -31,6 +34,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/nmtune.py:smoke.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the stage's outputs.")
+
+
+class _QuietLibraries(pylogging.Filter):
+    """Orbax logs every save, restore and metadata write at INFO; keep only its warnings."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
 
 
 def stage_fn(stage: str):
@@ -59,6 +69,7 @@ def run(config, workdir: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required, e.g. --workdir=workdirs/run1.")
     try:

@@ -28,6 +28,30 @@ def run_nmtune(config, workdir: str) -> dict[str, Any]:
     return out
 
 
+def run_nmtune_text(config, workdir: str) -> dict[str, Any]:
+    """Stage `nmtune_text`: MiniLM sentence features of the text domains (embedded once, cached), then LP, MLP
+    and NMTune on them exactly as on any black-box features."""
+    from nml_jax import text_features
+
+    text = config.text
+    path = os.path.join(workdir, f"{text.source}.npz")
+    text_features.build_text_task_npz(
+        path,
+        source=text.source,
+        targets=tuple(text.targets),
+        cache_dir=os.path.join(workdir, "features"),
+        max_len=text.max_len,
+        limit=text.get("limit"),
+        batch_size=text.batch_size,
+    )
+    cell = config.copy_and_resolve_references()
+    with cell.unlocked():
+        cell.features_npz = path
+    out = downstream.evaluate(cell, workdir)
+    print(report.domain_table(out["rows"]))
+    return out
+
+
 def run_config(config, noise_ratio: float, seed: int):
     """The nmtune config of one study cell: noise ratio and seed set everywhere they act."""
     cell = config.copy_and_resolve_references()

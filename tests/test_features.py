@@ -27,10 +27,14 @@ DOMAIN = tasks.Domain("uci_digits", "nml_uci_digits", "test[:100]")
 
 def test_cache_miss_then_hit_and_key_changes(tmp_path):
     encoder = CountingEncoder()
-    views, labels = features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=32)
+    views, labels = features.domain_features(
+        encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=32
+    )
     assert views.shape == (1, 100, 16) and labels.shape == (100,)
     assert encoder.calls == 128  # 4 padded batches of 32.
-    again, labels2 = features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=32)
+    again, labels2 = features.domain_features(
+        encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=32
+    )
     assert encoder.calls == 128  # Read from the cache.
     np.testing.assert_array_equal(again, views)
     np.testing.assert_array_equal(labels2, labels)
@@ -42,7 +46,9 @@ def test_cache_miss_then_hit_and_key_changes(tmp_path):
 def test_view_bank_reuses_view_zero_and_views_differ(tmp_path):
     encoder = CountingEncoder()
     features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=50)
-    views, _ = features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=50, views=2)
+    views, _ = features.domain_features(
+        encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=50, views=2
+    )
     assert views.shape == (3, 100, 16)
     assert encoder.calls == 300  # View 0 came from the cache.
     assert not np.allclose(views[1], views[2]) and not np.allclose(views[0], views[1])
@@ -76,7 +82,9 @@ def _write(path, **arrays):
 
 
 def test_npz_round_trip_with_ood_sets(tmp_path):
-    path = _write(tmp_path / "api.npz", ood_shift_features=np.zeros((5, 4)), ood_shift_labels=np.arange(5) % 3)
+    path = _write(
+        tmp_path / "api.npz", ood_shift_features=np.zeros((5, 4)), ood_shift_labels=np.arange(5) % 3
+    )
     id_task, ood_task = features.load_npz(path)
     assert (id_task.kind, ood_task.kind) == ("id", "ood")
     assert id_task.num_classes == 3 and id_task.train_views.shape == (1, 20, 4)
@@ -98,8 +106,14 @@ def test_npz_round_trip_with_ood_sets(tmp_path):
         ({"train_labels": np.arange(20) - 1}, "negative label"),
         ({"test_features": np.full((6, 4), np.nan, np.float32)}, "non-finite values"),
         ({"train_labels": np.arange(20) * 0.5}, "expected integer labels"),
-        ({"ood_x_features": np.ones((3, 4), np.float32)}, "needs both ood_x_features and ood_x_labels"),
-        ({"ood_x_features": np.ones((3, 4)), "ood_x_labels": np.array([0, 1, 7])}, "label 7, outside"),
+        (
+            {"ood_x_features": np.ones((3, 4), np.float32)},
+            "needs both ood_x_features and ood_x_labels",
+        ),
+        (
+            {"ood_x_features": np.ones((3, 4)), "ood_x_labels": np.array([0, 1, 7])},
+            "label 7, outside",
+        ),
         ({"extra": np.ones(3)}, r"unknown keys \['extra'\]"),
         ({"train_views": np.ones((2, 19, 4), np.float32)}, r"expected \[V, 20, 4\]"),
     ],

@@ -20,8 +20,20 @@ def _rows(id_acc, ood_acc, method="lp"):
 
 def test_results_merge_replaces_same_key(tmp_path):
     path = str(tmp_path / "results.csv")
-    results.write(path, [Row("t", "id", "a", "a", "lp", 0.1, 0, 0.5), Row("t", "id", "a", "a", "lp", math.nan, 0, 0.4)])
-    merged = results.write(path, [Row("t", "id", "a", "a", "lp", 0.1, 0, 0.7), Row("t", "id", "a", "a", "lp", math.nan, 0, 0.6)])
+    results.write(
+        path,
+        [
+            Row("t", "id", "a", "a", "lp", 0.1, 0, 0.5),
+            Row("t", "id", "a", "a", "lp", math.nan, 0, 0.4),
+        ],
+    )
+    merged = results.write(
+        path,
+        [
+            Row("t", "id", "a", "a", "lp", 0.1, 0, 0.7),
+            Row("t", "id", "a", "a", "lp", math.nan, 0, 0.6),
+        ],
+    )
     assert len(merged) == 2
     back = results.read(path)
     assert sorted(r.accuracy for r in back) == [0.6, 0.7]
@@ -37,10 +49,18 @@ def test_paired_verdicts():
 
 def test_claims_from_hand_made_study():
     seeds = (0, 1, 2)
-    id_acc = {(n, s): 0.80 + (0.02 if n == 0.1 else 0) + 0.001 * s for n in (0.0, 0.1) for s in seeds}
+    id_acc = {
+        (n, s): 0.80 + (0.02 if n == 0.1 else 0) + 0.001 * s for n in (0.0, 0.1) for s in seeds
+    }
     ood_acc = {(n, s): 0.50 - 0.5 * n + 0.002 * s for n in (0.0, 0.1) for s in seeds}
-    rows = _rows(id_acc, ood_acc) + _rows({k: v + 0.01 for k, v in id_acc.items()}, {k: v - 0.01 for k, v in ood_acc.items()}, "nmtune")
-    spectra = {(n, s): {"sve": 3.0 + n + 0.01 * s, "lsvr": 1.0 - n} for n in (0.0, 0.1) for s in seeds}
+    rows = _rows(id_acc, ood_acc) + _rows(
+        {k: v + 0.01 for k, v in id_acc.items()},
+        {k: v - 0.01 for k, v in ood_acc.items()},
+        "nmtune",
+    )
+    spectra = {
+        (n, s): {"sve": 3.0 + n + 0.01 * s, "lsvr": 1.0 - n} for n in (0.0, 0.1) for s in seeds
+    }
     verdicts = {c: v for c, v, _ in report.claims(rows, spectra)}
     assert verdicts["Slight noise (5-10%) raises ID accuracy (LP)"] == "supported"
     assert verdicts["Any noise lowers OOD accuracy (LP)"] == "supported"
