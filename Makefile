@@ -8,6 +8,7 @@ WORKDIR ?= workdirs/main
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 LOCAL_DEB_DIR := $(HOME)/.cache/nml_jax/deb
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: setup data run test lint clean
 

@@ -16,6 +16,17 @@ from nml_jax.results import Row
 
 METHODS = ("lp", "mlp", "nmtune")
 METHOD_NAMES = {"lp": "LP", "mlp": "MLP", "nmtune": "NMTune"}
+# Rows of black-box features carry no pre-training noise ratio (NaN in results.csv); NaN never equals itself,
+# so the report groups them under this key and prints it as "–".
+UNKNOWN_NOISE = -1.0
+
+
+def noise_key(noise: float) -> float:
+    return UNKNOWN_NOISE if math.isnan(noise) else noise
+
+
+def noise_label(noise: float) -> str:
+    return "–" if noise == UNKNOWN_NOISE else f"{noise:g}"
 
 
 def seed_means(rows: Iterable[Row], kind: str, method: str) -> dict[tuple[float, int], float]:
@@ -23,7 +34,7 @@ def seed_means(rows: Iterable[Row], kind: str, method: str) -> dict[tuple[float,
     groups: dict[tuple[float, int], list[float]] = defaultdict(list)
     for r in rows:
         if r.kind == kind and r.method == method:
-            groups[(r.noise_ratio, r.seed)].append(r.accuracy)
+            groups[(noise_key(r.noise_ratio), r.seed)].append(r.accuracy)
     return {k: float(np.mean(v)) for k, v in groups.items()}
 
 
@@ -147,7 +158,7 @@ def accuracy_table(rows: list[Row], kind: str) -> str:
     for noise in noises:
         n = max(len(columns[m].get(noise, [])) for m in methods)
         cells = " | ".join(mean_std(columns[m].get(noise, np.array([]))) for m in methods)
-        lines.append(f"| {noise:g} | {n} | {cells} |")
+        lines.append(f"| {noise_label(noise)} | {n} | {cells} |")
     return "\n".join(lines)
 
 
@@ -170,6 +181,7 @@ def domain_table(rows: list[Row]) -> str:
 
 
 def spectrum_table(spectra: dict[tuple[float, int], dict[str, float]]) -> str:
+    spectra = {(noise_key(n), s): v for (n, s), v in spectra.items()}
     noises = sorted({n for n, _ in spectra})
     lines = ["| noise | seeds | SVE | LSVR |", "|---|---|---|---|"]
     for noise in noises:
@@ -177,7 +189,7 @@ def spectrum_table(spectra: dict[tuple[float, int], dict[str, float]]) -> str:
         sve = np.array([v["sve"] for v in vals])
         lsvr = np.array([v["lsvr"] for v in vals])
         fmt = lambda x: f"{x.mean():.4f} ± {x.std(ddof=1):.4f}" if len(x) > 1 else f"{x.mean():.4f}"
-        lines.append(f"| {noise:g} | {len(vals)} | {fmt(sve)} | {fmt(lsvr)} |")
+        lines.append(f"| {noise_label(noise)} | {len(vals)} | {fmt(sve)} | {fmt(lsvr)} |")
     return "\n".join(lines)
 
 

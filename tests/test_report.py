@@ -37,7 +37,8 @@ def test_results_merge_replaces_same_key(tmp_path):
     assert len(merged) == 2
     back = results.read(path)
     assert sorted(r.accuracy for r in back) == [0.6, 0.7]
-    assert open(path).readline().strip() == ",".join(results.COLUMNS)
+    with open(path) as f:
+        assert f.readline().strip() == ",".join(results.COLUMNS)
 
 
 def test_paired_verdicts():
