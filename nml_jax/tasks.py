@@ -48,15 +48,25 @@ def _configs(family: str) -> list[str]:
     return [name.split("/", 1)[1] for name in EMBEDDED if name.startswith(family + "/")]
 
 
+def _train_split(dataset: str, limit: int | None) -> str:
+    """`train`, or its first `limit` examples when the split is larger (TFDS rejects a slice past the end)."""
+    from nml_jax import data
+
+    if limit and limit < data.num_examples(dataset, "train"):
+        return f"train[:{limit}]"
+    return "train"
+
+
 def embedded_suite(train_limit: int | None = None) -> list[Task]:
     """ID: Fashion-MNIST, MNIST-5k, UCI digits. OOD: MNIST-5k -> UCI digits, MNIST-M, printed digits, MNIST-C;
     Fashion-MNIST -> Fashion-MNIST-C and sketch.
 
     `train_limit` caps every training split (TFDS slicing `train[:N]`), to keep the default job fast.
     """
-    train = f"train[:{train_limit}]" if train_limit else "train"
-    fmnist = Domain("fashion_mnist", "nml_fashion_mnist", train)
-    mnist = Domain("mnist5k", "nml_mnist5k", train)
+    fmnist = Domain(
+        "fashion_mnist", "nml_fashion_mnist", _train_split("nml_fashion_mnist", train_limit)
+    )
+    mnist = Domain("mnist5k", "nml_mnist5k", _train_split("nml_mnist5k", train_limit))
     digits_targets = {
         "uci_digits": ("nml_uci_digits", "test"),
         "mnist_m": ("nml_mnist_m", "test"),
@@ -71,9 +81,9 @@ def embedded_suite(train_limit: int | None = None) -> list[Task]:
         "fashion_mnist_sketch": ("nml_fashion_mnist_sketch", "test"),
     }
     return [
-        id_task("fashion_mnist", "nml_fashion_mnist", train),
-        id_task("mnist5k", "nml_mnist5k", train),
-        id_task("uci_digits", "nml_uci_digits", train),
+        id_task("fashion_mnist", "nml_fashion_mnist", fmnist.split),
+        id_task("mnist5k", "nml_mnist5k", mnist.split),
+        id_task("uci_digits", "nml_uci_digits", _train_split("nml_uci_digits", train_limit)),
         ood_task("mnist5k_ood", mnist, digits_targets),
         ood_task("fashion_mnist_ood", fmnist, fashion_targets),
     ]
