@@ -29,7 +29,6 @@ def get_config(arg=None):
     config.title = f"NMTune on the embedded suite (pre-training noise {arg.noise:g})"
     if arg.smoke:
         config.train_limit = 256
-        config.feature_batch_size = 128
         for method in config.transfer:
             config.transfer[method].epochs = 2
     return config

@@ -68,7 +68,7 @@ def load_task_features(config, workdir: str) -> tuple[list[features.TaskFeatures
                 data.num_classes(task.train.dataset, data_dir=config.get("data_dir")),
                 cache_dir=cache_dir,
                 data_dir=config.get("data_dir"),
-                batch_size=config.feature_batch_size,
+                chunk_size=config.feature_chunk_size,
                 views=num_views,
                 view_spec=view_spec,
             )
@@ -298,7 +298,7 @@ def default_config(methods=("lp",), suite_name: str = "embedded"):
     config.train_limit = config_dict.placeholder(int)
     config.data_dir = config_dict.placeholder(str)
     config.feature_cache_dir = config_dict.placeholder(str)
-    config.feature_batch_size = 256
+    config.feature_chunk_size = 4096  # Images handed to the encoder at a time.
     config.views = ml_collections.ConfigDict({"count": 0, "max_shift": 2, "flip": False, "seed": 0})
     config.centering = "row"
     config.methods = tuple(methods)

@@ -259,15 +259,11 @@ def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-def encode(encoder, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Runs `encoder.features` over `images` in fixed-size batches (the last one padded), one compiled shape."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        pad = batch_size - len(batch)
-        if pad:
-            batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
-        out.append(np.asarray(encoder.features(batch))[: batch_size - pad])
+def encode(encoder, images: np.ndarray, chunk: int) -> np.ndarray:
+    """`encoder.features` over `images`, `chunk` images at a time (the encoder pads its own batches)."""
+    out = [
+        np.asarray(encoder.features(images[i : i + chunk])) for i in range(0, len(images), chunk)
+    ]
     return (
         np.concatenate(out).astype(np.float32)
         if out
@@ -281,7 +277,7 @@ def domain_features(
     *,
     cache_dir: str,
     data_dir: str | None = None,
-    batch_size: int = 256,
+    chunk_size: int = 4096,
     views: int = 0,
     view_spec: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -308,7 +304,7 @@ def domain_features(
         if view:
             rng = np.random.default_rng([view_spec["seed"], view])
             inputs = view_augment(images, rng, view_spec["max_shift"], view_spec["flip"])
-        feats = encode(encoder, inputs, batch_size)
+        feats = encode(encoder, inputs, chunk_size)
         logging.info(
             "features %s[%s] view %d: %s in %.1fs",
             domain.dataset,

@@ -31,7 +31,9 @@ from flax import struct
 from nml_jax import checkpoint, config_lib, metrics, models, parallel
 
 SUMMARY_FILE = "pretrain_summary.json"
-MODEL_FILE = "model.json"  # Model name, classes and input shape, for restore_encoder.
+# Model name, classes, input shape and the pretrain config, for restore_encoder. The workdir's config.json is
+# the config of the stage that ran there (e.g. nmtune, which pre-trains as its first step).
+MODEL_FILE = "model.json"
 OPTIMIZERS = ("sgd", "adamw", "lamb")
 
 
@@ -441,8 +443,6 @@ def train(
     """
     validate(config)
     start_time = time.perf_counter()
-    if parallel.is_main_process():
-        config_lib.write_config(config, workdir)
     train_data = _with_noise_fields(train_data)
     mesh = parallel.make_mesh(config.get("num_devices"))
     local_batch = parallel.check_global_batch(config.input.batch_size, mesh)
@@ -456,7 +456,12 @@ def train(
     if parallel.is_main_process():
         _write_json(
             os.path.join(workdir, MODEL_FILE),
-            {"name": config.model.name, "num_classes": num_classes, "input_shape": image_shape},
+            {
+                "name": config.model.name,
+                "num_classes": num_classes,
+                "input_shape": image_shape,
+                "config": json.loads(config_lib.to_json(config)),
+            },
         )
     rng = jax.random.PRNGKey(config.seed)
     abstract = jax.eval_shape(lambda r: create_state(model, tx, image_shape, r), rng)
@@ -541,6 +546,7 @@ def train(
 
 
 def _write_json(path: str, value: Any) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
@@ -657,22 +663,20 @@ class Encoder:
 
 
 def restore_encoder(pretrain_workdir: str) -> Encoder:
-    """The encoder of the newest checkpoint in `pretrain_workdir` (its config.json, model.json).
+    """The encoder of the newest checkpoint in `pretrain_workdir` (with its model.json).
 
     Raises:
-      FileNotFoundError: the workdir has no config.json, model.json or checkpoint.
+      FileNotFoundError: the workdir has no model.json or no checkpoint.
     """
-    loaded = {}
-    for name in ("config.json", MODEL_FILE):
-        path = os.path.join(pretrain_workdir, name)
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{path} does not exist; {pretrain_workdir!r} is not a pretrain workdir."
-            )
-        with open(path) as f:
-            loaded[name] = json.load(f)
-    config = ml_collections.ConfigDict(loaded["config.json"])
+    path = os.path.join(pretrain_workdir, MODEL_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} does not exist; {pretrain_workdir!r} is not a pretrain workdir."
+        )
+    with open(path) as f:
+        model = json.load(f)
+    config = ml_collections.ConfigDict(model["config"])
     step, raw = checkpoint.restore_raw(pretrain_workdir)
     variables = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}
     variables = jax.tree.map(np.asarray, variables)
-    return Encoder(config, variables, step, pretrain_workdir, loaded[MODEL_FILE]["input_shape"])
+    return Encoder(config, variables, step, pretrain_workdir, model["input_shape"])

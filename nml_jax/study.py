@@ -89,9 +89,13 @@ def run_study(config, workdir: str) -> dict[str, Any]:
     for seed in config.seeds:
         for ratio in config.ratios:
             logging.info("study cell: noise %g, seed %d", ratio, seed)
-            out = run_nmtune(
-                run_config(config, float(ratio), int(seed)), cell_dir(workdir, ratio, seed)
+            cell, directory = (
+                run_config(config, float(ratio), int(seed)),
+                cell_dir(workdir, ratio, seed),
             )
+            if parallel.is_main_process():
+                config_lib.write_config(cell, directory)
+            out = run_nmtune(cell, directory)
             rows += out["rows"]
             per_run[(float(ratio), int(seed))] = out["spectra"]
             spectra[(float(ratio), int(seed))] = downstream.mean_spectrum(out["spectra"])

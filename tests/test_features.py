@@ -28,36 +28,36 @@ DOMAIN = tasks.Domain("uci_digits", "nml_uci_digits", "test[:100]")
 def test_cache_miss_then_hit_and_key_changes(tmp_path):
     encoder = CountingEncoder()
     views, labels = features.domain_features(
-        encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=32
+        encoder, DOMAIN, cache_dir=str(tmp_path), chunk_size=32
     )
     assert views.shape == (1, 100, 16) and labels.shape == (100,)
-    assert encoder.calls == 128  # 4 padded batches of 32.
+    assert encoder.calls == 100
     again, labels2 = features.domain_features(
-        encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=32
+        encoder, DOMAIN, cache_dir=str(tmp_path), chunk_size=32
     )
-    assert encoder.calls == 128  # Read from the cache.
+    assert encoder.calls == 100  # Read from the cache.
     np.testing.assert_array_equal(again, views)
     np.testing.assert_array_equal(labels2, labels)
     other = CountingEncoder("enc-b")
-    features.domain_features(other, DOMAIN, cache_dir=str(tmp_path), batch_size=32)
-    assert other.calls == 128  # A new checkpoint is a cache miss.
+    features.domain_features(other, DOMAIN, cache_dir=str(tmp_path), chunk_size=32)
+    assert other.calls == 100  # A new checkpoint is a cache miss.
 
 
 def test_view_bank_reuses_view_zero_and_views_differ(tmp_path):
     encoder = CountingEncoder()
-    features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=50)
+    features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path), chunk_size=50)
     views, _ = features.domain_features(
-        encoder, DOMAIN, cache_dir=str(tmp_path), batch_size=50, views=2
+        encoder, DOMAIN, cache_dir=str(tmp_path), chunk_size=50, views=2
     )
     assert views.shape == (3, 100, 16)
     assert encoder.calls == 300  # View 0 came from the cache.
     assert not np.allclose(views[1], views[2]) and not np.allclose(views[0], views[1])
 
 
-def test_padding_does_not_change_features(tmp_path):
+def test_chunking_does_not_change_features(tmp_path):
     encoder = CountingEncoder()
-    a, _ = features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path / "a"), batch_size=7)
-    b, _ = features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path / "b"), batch_size=100)
+    a, _ = features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path / "a"), chunk_size=7)
+    b, _ = features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path / "b"), chunk_size=100)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
