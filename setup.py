@@ -29,7 +29,14 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest==9.2.0", "ruff==0.17.6"],
+    # nbclient + ipykernel execute the quickstart notebook headless in the tests.
+    "test": [
+        "pytest==9.2.0",
+        "ruff==0.17.6",
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
+    ],
 }
 
 setuptools.setup(

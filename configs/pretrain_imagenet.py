@@ -6,8 +6,8 @@ Recipe: batch 1024, SGD Nesterov momentum 0.9, lr 0.4 (= 0.1 x 1024/256), 5 warm
 90 epochs, weight decay 1e-4 (not on batch-norm and bias), label smoothing 0.1, inception crop 224 + flip,
 bfloat16 compute with float32 parameters.
 
-    python -m nml_jax.main --config=configs/pretrain_imagenet.py:noise=0.1 --workdir=gs://BUCKET/in1k_n10
-    launch/tpu_pod.sh configs/pretrain_imagenet.py:noise=0.1 gs://BUCKET/in1k_n10
+    python -m nml_jax.main --config=configs/pretrain_imagenet.py:noise=0.1 --workdir=/mnt/shared/in1k_n10
+    launch/tpu_pod.sh configs/pretrain_imagenet.py:noise=0.1 /mnt/shared/in1k_n10
 """
 
 from nml_jax import config_lib, pretrain

@@ -51,9 +51,7 @@ def load_task_features(config, workdir: str) -> tuple[list[features.TaskFeatures
             "source": ",".join(paths),
         }
         return task_features, meta
-    from nml_jax import pretrain
-
-    encoder = pretrain.restore_encoder(encoder_source(config, workdir))
+    encoder = features.restore_encoder(encoder_source(config, workdir))
     cache_dir = config.get("feature_cache_dir") or os.path.join(
         encoder_source(config, workdir), "features"
     )

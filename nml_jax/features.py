@@ -201,6 +201,15 @@ def save_npz(path: str, task_features: list[TaskFeatures]) -> None:
 # Features from the project's own encoders, cached on disk.
 
 
+def restore_encoder(workdir: str):
+    """The frozen encoder of a pre-training workdir: supervised (pretrain) or CLIP (clip_pretrain)."""
+    from nml_jax import clip_pretrain, pretrain
+
+    if clip_pretrain.is_clip_workdir(workdir):
+        return clip_pretrain.restore_encoder(workdir)
+    return pretrain.restore_encoder(workdir)
+
+
 def view_augment(
     images: np.ndarray, rng: np.random.Generator, max_shift: int, flip: bool
 ) -> np.ndarray:

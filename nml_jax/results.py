@@ -41,7 +41,7 @@ class Row:
 
 def _format(value) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
+        return "" if math.isnan(value) else repr(value)  # Shortest text that reads back exactly.
     return str(value)
 
 

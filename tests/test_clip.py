@@ -1,0 +1,312 @@
+"""CLIP pre-training: loss, global-batch gathering, caption swap, tokenizer, TFRecord reader, training, resume."""
+
+import os
+import shutil
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nml_jax import clip_pretrain, config_lib, data, features, noise, parallel, tokenizer
+from nml_jax.data import captions
+from nml_jax.models import clip
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs import clip_pretrain as clip_config  # noqa: E402
+from configs import clip_yfcc15m  # noqa: E402
+
+
+def tiny_config(**overrides):
+    """The smoke config on the first 256 Fashion-MNIST pairs, zero-shot on 500 test images."""
+    config = clip_config.get_config("smoke")
+    config.train_split = "train[:256]"
+    config.zero_shot.split = "test[:500]"
+    config.input.eval_batch_size = 256
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def params_of(result):
+    return jax.tree.map(np.asarray, jax.device_get(result["state"].params))
+
+
+def test_loss_matches_hand_computed_3x3():
+    image = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    text = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32)
+    # s * I T^T with s = 2: rows are images, columns texts.
+    logits = 2.0 * np.array([[1.0, 0.6, 0.0], [0.0, 0.8, 1.0], [0.6, 1.0, 0.8]])
+    rows = [np.log(np.exp(logits[i]).sum()) - logits[i, i] for i in range(3)]
+    cols = [np.log(np.exp(logits[:, i]).sum()) - logits[i, i] for i in range(3)]
+    expected = 0.5 * (np.mean(rows) + np.mean(cols))
+    got = clip_pretrain.clip_loss(image, text, jnp.float32(2.0))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # Perfectly aligned, well separated pairs at a large scale cost nearly nothing.
+    eye = np.eye(3, dtype=np.float32)
+    assert float(clip_pretrain.clip_loss(eye, eye, jnp.float32(100.0))) < 1e-6
+    counts = clip_pretrain.retrieval_counts(image, text, np.array([False, True, False]))
+    # Image 0 -> text 0 (hit, clean), image 1 -> text 2 (miss, noisy), image 2 -> text 1 (miss, clean).
+    assert {k: float(v) for k, v in counts.items()} == {
+        "hit_clean": 1.0,
+        "hit_noisy": 0.0,
+        "n_clean": 2.0,
+        "n_noisy": 1.0,
+    }
+
+
+def test_loss_over_8_devices_uses_the_global_batch():
+    rng = np.random.default_rng(0)
+    image = clip.l2_normalize(rng.normal(size=(16, 8)).astype(np.float32))
+    text = clip.l2_normalize(rng.normal(size=(16, 8)).astype(np.float32))
+    scale = jnp.float32(10.0)
+    single = float(clip_pretrain.clip_loss(image, text, scale))
+    mesh = parallel.make_mesh(8)
+    sharded = NamedSharding(mesh, P(parallel.DATA_AXIS))
+    fn = jax.jit(
+        clip_pretrain.clip_loss, in_shardings=(sharded, sharded, parallel.replicated(mesh))
+    )
+    args = (jax.device_put(image, sharded), jax.device_put(text, sharded), scale)
+    assert len(args[0].sharding.device_set) == 8
+    np.testing.assert_allclose(float(fn(*args)), single, rtol=1e-6)
+    # A per-device loss (negatives only from the local 2 pairs) would be different.
+    local = np.mean(
+        [
+            float(clip_pretrain.clip_loss(image[i : i + 2], text[i : i + 2], scale))
+            for i in range(0, 16, 2)
+        ]
+    )
+    assert abs(local - single) > 0.1
+    hlo = fn.lower(*args).compile().as_text()
+    assert "all-gather" in hlo or "all-reduce" in hlo
+
+
+@pytest.mark.slow
+def test_model_sizes_and_towers():
+    tokens = np.array([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]], np.int32)
+    for image in (
+        {"name": "cnn", "widths": (4,), "feature_dim": 8},
+        {"name": "resnet18", "width": 4, "stem": "small", "num_heads": 2},
+        {"name": "vit", "patch_size": 4, "width": 8, "depth": 1, "num_heads": 2, "mlp_dim": 16},
+    ):
+        cfg = {
+            "embed_dim": 6,
+            "image": image,
+            "text": dict(vocab_size=10, context_length=5, width=8, depth=1, num_heads=2),
+        }
+        model = clip.build(cfg)
+        variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)), tokens)
+        img, txt, scale = model.apply(variables, jnp.ones((2, 8, 8, 1)), tokens)
+        assert img.shape == txt.shape == (2, 6), image["name"]
+        np.testing.assert_allclose(np.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(float(scale), 1 / 0.07, rtol=1e-5)
+    # Causal mask + EOT readout: tokens after the EOT (padding) cannot change a text's embedding.
+    changed = tokens.copy()
+    changed[1, 4] = 9
+    a = model.apply(variables, tokens, method=clip.CLIP.encode_text)
+    b = model.apply(variables, np.where(changed == 9, 0, changed), method=clip.CLIP.encode_text)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    # The temperature is clipped at 100.
+    big = jax.tree.map(lambda x: x, variables)
+    big["params"]["logit_scale"] = jnp.float32(10.0)
+    assert float(model.apply(big, jnp.ones((2, 8, 8, 1)), tokens)[2]) == pytest.approx(100.0)
+    # Published sizes: CLIP RN50 102.0M and ViT-B/16 149.6M parameters.
+    for size, count in (("rn50", 102.0e6), ("vit_b16", 149.6e6)):
+        model = clip.build(clip.model_config(size))
+        shapes = jax.eval_shape(
+            lambda m=model: m.init(
+                jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), jnp.ones((1, 77), jnp.int32)
+            )
+        )
+        total = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
+        assert abs(total - count) / count < 0.01, (size, total)
+
+
+def test_tokenizer_round_trip_and_save_load(tmp_path):
+    texts = captions.compose_captions(np.arange(200) % 10, captions.FASHION_MNIST_DESCRIPTIONS, 0)
+    tok = tokenizer.train(texts, vocab_size=400)
+    assert (tok.pad_id, tok.sot_id, tok.eot_id) == (0, 1, 2)
+    assert tok.vocab_size <= 400
+    rows = tok.encode(["A Photo of a Sneaker.", "x" * 50], context_length=12)
+    assert rows.dtype == np.int32 and rows.shape == (2, 12)
+    assert rows[0, 0] == tok.sot_id and tok.eot_id in rows[0]
+    assert tok.decode(rows[0]) == "a photo of a sneaker."  # Lower-cased, specials dropped.
+    assert rows[1, -1] == tok.eot_id and tok.pad_id not in rows[1]  # Cut, EOT kept last.
+    # Known words are merged into fewer tokens than bytes.
+    assert np.sum(rows[0] > 2) < len("a photo of a sneaker.")
+    path = str(tmp_path / tokenizer.FILE_NAME)
+    tok.save(path)
+    np.testing.assert_array_equal(
+        tokenizer.Tokenizer.load(path).encode(texts, 24), tok.encode(texts, 24)
+    )
+    again = tokenizer.load_or_train(str(tmp_path), ["other words entirely"], vocab_size=300)
+    np.testing.assert_array_equal(again.encode(texts, 24), tok.encode(texts, 24))
+    with pytest.raises(ValueError, match="vocab_size=100"):
+        tokenizer.train(texts, vocab_size=100)
+
+
+def test_captions_are_deterministic_and_swap_is_exact(tmp_path):
+    labels = np.array([0, 7, 9, 3])
+    first = captions.compose_captions(labels, captions.FASHION_MNIST_DESCRIPTIONS, seed=3)
+    assert first == captions.compose_captions(labels, captions.FASHION_MNIST_DESCRIPTIONS, seed=3)
+    for text, label in zip(first, labels):
+        synonyms, _ = captions.FASHION_MNIST_DESCRIPTIONS[label]
+        assert any(s in text for s in synonyms), text
+    config = tiny_config(train_split="train[:200]")
+    config.noise.ratio = 0.3
+    workdir = str(tmp_path)
+    pairs, tok = clip_pretrain.build_pairs(config, workdir)
+    record = noise.load(os.path.join(workdir, noise.NOISE_FILE))
+    index = record["caption_index"]
+    assert int(pairs["is_noisy"].sum()) == 60 and int((index != np.arange(200)).sum()) == 60
+    np.testing.assert_array_equal(np.sort(index), np.arange(200))  # Every caption used once.
+    loaded = data.load(config.dataset, config.train_split)
+    clean = tok.encode(
+        captions.compose_captions(loaded["label"], captions.FASHION_MNIST_DESCRIPTIONS, 0),
+        config.model.text.context_length,
+    )
+    np.testing.assert_array_equal(pairs["tokens"], clean[index])
+    np.testing.assert_array_equal(pairs["is_noisy"], record["is_noisy"])
+    assert os.path.exists(os.path.join(workdir, tokenizer.FILE_NAME))
+
+
+def test_tfrecord_shards_round_trip(tmp_path):
+    images = data.load("nml_fashion_mnist", "test[:40]")["image"]
+    texts = [f"caption number {i}" for i in range(40)]
+    paths = captions.write_shards(str(tmp_path / "pairs"), images, texts, num_shards=4)
+    files = captions.list_shards(str(tmp_path / "pairs-*.tfrecord"))
+    assert files == paths
+    scanned, counts = captions.scan_captions(files)
+    assert scanned == texts and counts == [10, 10, 10, 10]
+    common = dict(global_batch=8, seed=0, pp="decode(1)", shuffle_buffer=4)
+    seen = {}
+    for process in (0, 1):
+        batches = captions.stream_pairs(
+            files, counts, process_index=process, process_count=2, **common
+        )
+        for _ in range(5):  # 20 examples per process and epoch, 4 per batch.
+            batch = next(batches)
+            assert batch["image"].shape == (4, 28, 28, 1)
+            for image, i in zip(batch["image"], batch["index"]):
+                seen.setdefault(int(i), process)
+                # JPEG is lossy; the decoded image stays close to the original.
+                assert np.abs(image.astype(float) - images[i].astype(float)).mean() < 8
+    # Process 0 reads shards 0 and 2, process 1 shards 1 and 3; together every example once.
+    assert sorted(seen) == list(range(40))
+    assert all(seen[i] == (i // 10) % 2 for i in seen)
+    # Resume: the batches from step 3 equal those of an uninterrupted stream.
+    straight = captions.stream_pairs(files, counts, process_index=0, process_count=1, **common)
+    resumed = captions.stream_pairs(
+        files, counts, process_index=0, process_count=1, start_step=3, **common
+    )
+    for _ in range(3):
+        next(straight)
+    np.testing.assert_array_equal(next(straight)["index"], next(resumed)["index"])
+    with pytest.raises(FileNotFoundError, match="jpg"):
+        captions.list_shards(str(tmp_path / "missing-*.tfrecord"))
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    config = tiny_config(train_split="train[:2048]", total_steps=96, log_every_steps=16)
+    config.model.text.context_length = 20
+    config.optimizer.lr = 3e-3
+    config.zero_shot.split = "test[:1000]"
+    workdir = str(tmp_path_factory.mktemp("clip_short"))
+    return config, workdir, clip_pretrain.run(config, workdir)
+
+
+@pytest.mark.slow
+def test_short_run_learns_and_zero_shot_beats_chance(short_run):
+    config, workdir, result = short_run
+    history = [r for r in result["history"] if "train_loss" in r]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.5, history
+    assert result["summary"]["zero_shot_accuracy"] > 0.3, result["summary"]  # Chance is 0.1.
+    for name in ("model.json", "tokenizer.json", "noise.npz", "metrics.jsonl"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    again = clip_pretrain.run(config, workdir)
+    assert again["trained_steps"] == 0 and again["summary"] == result["summary"]
+
+
+@pytest.mark.slow
+def test_restore_encoder_gives_image_embeddings(short_run):
+    config, workdir, result = short_run
+    assert clip_pretrain.is_clip_workdir(workdir)
+    encoder = features.restore_encoder(workdir)  # Dispatches on model.json's kind.
+    assert isinstance(encoder, clip_pretrain.ClipEncoder)
+    assert (encoder.step, encoder.feature_dim, encoder.input_shape) == (96, 32, (28, 28, 1))
+    assert encoder.config.noise.ratio == 0.0 and encoder.config.seed == 0
+    images = data.load("nml_fashion_mnist", "test[:8]")["image"]
+    feats = encoder.features(images)
+    model = clip.build(config.model)
+    variables = {"params": result["state"].params}
+    pp = (images.astype(np.float32) / 255.0 - 0.2860) / 0.3530
+    direct = model.apply(variables, pp, method=clip.CLIP.encode_image)
+    np.testing.assert_allclose(feats, direct, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_after_a_stop_ends_where_a_straight_run_ends(tmp_path):
+    config = tiny_config()
+    straight = clip_pretrain.run(config, str(tmp_path / "a"))
+    workdir = str(tmp_path / "b")
+    clip_pretrain.run(config, workdir)
+    # Stopped after the step-4 checkpoint: the later checkpoint and the summary never got written.
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))
+    os.remove(os.path.join(workdir, clip_pretrain.SUMMARY_FILE))
+    resumed = clip_pretrain.run(config, workdir)
+    assert resumed["resumed_from"] == 4 and resumed["trained_steps"] == 4
+    jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(straight))
+    assert resumed["summary"]["zero_shot_accuracy"] == straight["summary"]["zero_shot_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "module,arg",
+    [
+        (clip_config, None),
+        (clip_config, "noise=0.2,seed=1,bf16"),
+        (clip_yfcc15m, "noise=0.1"),
+        (clip_yfcc15m, "model=vit_b16,noise=0.3"),
+    ],
+)
+def test_config_variants_resolve(module, arg):
+    config = module.get_config(arg)
+    clip_pretrain.validate(config)
+    assert config.stage == "clip_pretrain" and config.noise.kind == "caption_swap"
+
+
+def test_yfcc15m_config_is_the_stated_recipe():
+    config = clip_yfcc15m.get_config("noise=0.2")
+    assert config.model.text.to_dict() == clip.SIZES["rn50"]["text"]
+    assert (config.input.batch_size, config.total_epochs, config.warmup_steps) == (4096, 32.0, 2000)
+    assert (config.optimizer.name, config.optimizer.lr, config.optimizer.weight_decay) == (
+        "adamw",
+        5e-4,
+        0.2,
+    )
+    assert config.model.dtype == "bfloat16" and config.noise.ratio == 0.2
+    with pytest.raises(config_lib.ConfigError, match="noise"):
+        clip_yfcc15m.get_config("noise=0.15")
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("noise", config_lib.noise_block("symmetric", 0.1), "noise.kind"),
+        ("total_steps", 0, "total_steps"),
+        ("shards", None, None),
+    ],
+)
+def test_invalid_config_names_the_key(key, value, match):
+    config = tiny_config()
+    config[key] = value
+    if key == "shards":
+        config.dataset = clip_pretrain.TFRECORD
+        match = "config.shards"
+    with pytest.raises(config_lib.ConfigError, match=match):
+        clip_pretrain.validate(config)
