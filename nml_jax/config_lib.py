@@ -154,14 +154,21 @@ def noise_block(
     )
 
 
-def load_sibling(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config(arg)` of another file in the same configs/ folder as `config_file` (not the working dir)."""
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file named as on the command line: `configs/pretrain.py:noise=0.3,smoke`."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
-    spec = importlib.util.spec_from_file_location(f"nml_jax_configs_{name[:-3]}", path)
-    if spec is None or not os.path.exists(path):
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
         raise ConfigError(f"No config file {path!r}.")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec_ = importlib.util.spec_from_file_location(f"nml_jax_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def load_sibling(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of another file in the same configs/ folder as `config_file` (not the working dir)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    return load_config(f"{path}:{arg}" if arg else path)
