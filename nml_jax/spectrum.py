@@ -94,16 +94,25 @@ def summary(features: Any, centering: str = "row") -> dict[str, Any]:
 
 
 def plot_spectra(
-    spectra: Mapping[str, Any], path: str, *, title: str = "Singular value spectrum"
+    spectra: Mapping[str, Any],
+    path: str,
+    *,
+    title: str = "Singular value spectrum",
+    floor: float = 1e-6,
 ) -> str:
-    """Overlays the normalised spectra p_i = s_i / sum s (log y-axis) of each label; writes a PNG to `path`."""
+    """Overlays the normalised spectra p_i = s_i / sum s (log y-axis) of each label; writes a PNG to `path`.
+
+    Values below `floor` x the largest (numerical zeros, e.g. of ReLU units that never fire) are not drawn,
+    so they do not stretch the log axis over dozens of decades.
+    """
     if not spectra:
         raise ValueError("spectra is empty; expected {label: singular values}.")
     fig, ax = plt.subplots(figsize=(6, 4))
     try:
         for label, s in spectra.items():
             p = np.sort(_probabilities(s))[::-1]
-            ax.plot(np.arange(1, p.size + 1), np.where(p > 0, p, np.nan), label=str(label))
+            visible = p > floor * p[0] if p.size else p > 0
+            ax.plot(np.arange(1, p.size + 1), np.where(visible, p, np.nan), label=str(label))
         ax.set_yscale("log")
         ax.set_xlabel("index i")
         ax.set_ylabel("sigma_i / sum sigma")

@@ -297,18 +297,17 @@ def fit(
     model = make_head(method, config, num_classes)
     variables = jax.device_put(init_variables(model, dim, config.seed), parallel.replicated(mesh))
     num_steps = steps_per_epoch(num_examples, config.batch_size)
-    optimizer = make_optimizer(config, config.epochs * num_steps)
-    train = _make_train(
-        make_loss_fn(method, model, config),
-        optimizer,
+    train = _train_program(
+        method,
+        _settings(config),
+        num_classes,
         mesh,
-        seed=config.seed,
-        epochs=config.epochs,
         num_examples=num_examples,
-        batch_size=config.batch_size,
         num_views=num_views,
     )
-    variables, curves = train(variables, views_on_device, labels_on_device)
+    variables, curves = train(
+        variables, views_on_device, labels_on_device, jnp.asarray(config.seed, jnp.int32)
+    )
     curves = {name: np.asarray(value) for name, value in parallel.to_host(curves).items()}
     bad = np.flatnonzero(~np.isfinite(curves["loss"]))
     if bad.size:
@@ -325,23 +324,36 @@ def fit(
     )
 
 
-def _make_train(
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
+def _settings(config: ml_collections.ConfigDict) -> tuple:
+    """The config as a hashable key for the compiled-program cache; the seed is a runtime input instead."""
+    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k != "seed"))
+
+
+@functools.lru_cache(maxsize=64)
+def _train_program(
+    method: str,
+    settings: tuple,
+    num_classes: int,
     mesh: Mesh,
     *,
-    seed: int,
-    epochs: int,
     num_examples: int,
-    batch_size: int,
     num_views: int,
-) -> Callable[[Any, jax.Array, jax.Array], tuple[Any, dict[str, jax.Array]]]:
-    """The jitted program (variables, views, labels) -> (final variables, per-epoch mean of each term)."""
+) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[Any, dict[str, jax.Array]]]:
+    """The jitted program (variables, views, labels, seed) -> (final variables, per-epoch mean of each term).
+
+    Cached by everything but the seed, so fits of the same shapes and settings (another seed, another noise
+    level in a study) reuse one compiled program.
+    """
+    config = ml_collections.ConfigDict(dict(settings))
+    model = make_head(method, config, num_classes)
+    loss_fn = make_loss_fn(method, model, config)
+    epochs, batch_size = config.epochs, config.batch_size
     num_steps = steps_per_epoch(num_examples, batch_size)
+    optimizer = make_optimizer(config, epochs * num_steps)
     batch_sharding = parallel.data_sharding(mesh)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(carry, batch, views, labels):
+    def train_step(carry, batch, views, labels, seed):
         variables, opt_state = carry
         indices, mask, step = batch
         first, second = draw_views(seed, step, num_views, batch_size)
@@ -357,8 +369,8 @@ def _make_train(
             variables["batch_stats"] = batch_stats
         return (variables, opt_state), aux
 
-    def train(variables, views, labels):
-        step_fn = functools.partial(train_step, views=views, labels=labels)
+    def train(variables, views, labels, seed):
+        step_fn = functools.partial(train_step, views=views, labels=labels, seed=seed)
 
         def epoch_fn(carry, epoch):
             indices, mask = epoch_batches(seed, epoch, num_examples, batch_size)

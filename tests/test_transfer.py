@@ -137,6 +137,21 @@ def test_lp_reaches_full_accuracy_on_separable_features():
     assert head.loss_curve[-1] < 0.5 * head.loss_curve[0]
 
 
+def test_other_seed_reuses_the_compiled_program():
+    views, labels = _blobs(num_examples=96, dim=8, num_views=2, seed=2)
+    config = _small_config("nmtune", epochs=2)
+    mesh = parallel.make_mesh(1)
+    first = transfer.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
+    compiled = transfer._train_program.cache_info().misses
+    config.seed = 1
+    other = transfer.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
+    assert transfer._train_program.cache_info().misses == compiled  # No new program for a new seed.
+    assert not np.allclose(first.loss_curve, other.loss_curve)
+    config.seed = 0
+    again = transfer.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
+    np.testing.assert_array_equal(again.loss_curve, first.loss_curve)
+
+
 @pytest.mark.slow
 def test_mlp_equals_nmtune_with_zero_weights():
     views, labels = _blobs()
