@@ -242,12 +242,30 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
             rows = results.write(os.path.join(workdir, RESULTS_FILE), rows)
             _write_json(done_path, {"key": key})
     if parallel.is_main_process():
+        figures = ["figures/spectrum.png"]
+        method = config.methods[0] if config.methods else None
+        # Each test set's SVE and LSVR against the accuracy of the first method on it.
+        points = [
+            {
+                "label": r.test_domain,
+                "sve": spectra[r.test_domain]["sve"],
+                "lsvr": spectra[r.test_domain]["lsvr"],
+                "accuracy": r.accuracy,
+            }
+            for r in rows
+            if r.method == method and r.test_domain in spectra
+        ]
+        if points:
+            spectrum.plot_metric_vs_accuracy(
+                points, os.path.join(workdir, "figures", "spectrum_vs_accuracy.png")
+            )
+            figures.append("figures/spectrum_vs_accuracy.png")
         spectra_by_run = {(meta["noise_ratio"], meta["seed"]): mean_spectrum(spectra)}
         text = report.markdown(
             rows,
             spectra_by_run,
             config.get("title", "nml-jax transfer report"),
-            figures=["figures/spectrum.png"],
+            figures=figures,
         )
         with open(os.path.join(workdir, REPORT_FILE), "w") as f:
             f.write(text)

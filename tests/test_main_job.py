@@ -38,7 +38,8 @@ def test_smoke_job_writes_the_workdir_contract(smoke):
     ):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     assert os.listdir(os.path.join(workdir, "checkpoints"))
-    assert os.path.exists(os.path.join(workdir, "figures", "spectrum.png"))
+    for figure in ("spectrum.png", "spectrum_vs_accuracy.png"):
+        assert os.path.getsize(os.path.join(workdir, "figures", figure)) > 0, figure
     with np.load(os.path.join(workdir, "noise.npz")) as f:
         assert f["is_noisy"].sum() == round(0.1 * len(f["clean_labels"]))
         np.testing.assert_allclose(f["transition"].sum(axis=1), 1.0)
