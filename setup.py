@@ -29,6 +29,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
+    # benchmarks/torch_compare.py: the CPU wheel (any other spelling pulls a CUDA build of several GB).
+    "bench": ["torch==2.13.0"],
     # nbclient + ipykernel execute the quickstart notebook headless in the tests.
     "test": [
         "pytest==9.2.0",

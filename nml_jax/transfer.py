@@ -297,9 +297,9 @@ def fit(
     model = make_head(method, config, num_classes)
     variables = jax.device_put(init_variables(model, dim, config.seed), parallel.replicated(mesh))
     num_steps = steps_per_epoch(num_examples, config.batch_size)
-    train = _train_program(
+    train = train_program(
         method,
-        _settings(config),
+        settings_key(config),
         num_classes,
         mesh,
         num_examples=num_examples,
@@ -324,13 +324,13 @@ def fit(
     )
 
 
-def _settings(config: ml_collections.ConfigDict) -> tuple:
+def settings_key(config: ml_collections.ConfigDict) -> tuple:
     """The config as a hashable key for the compiled-program cache; the seed is a runtime input instead."""
     return tuple(sorted((k, v) for k, v in config.to_dict().items() if k != "seed"))
 
 
 @functools.lru_cache(maxsize=64)
-def _train_program(
+def train_program(
     method: str,
     settings: tuple,
     num_classes: int,

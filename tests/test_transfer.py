@@ -142,10 +142,10 @@ def test_other_seed_reuses_the_compiled_program():
     config = _small_config("nmtune", epochs=2)
     mesh = parallel.make_mesh(1)
     first = transfer.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
-    compiled = transfer._train_program.cache_info().misses
+    compiled = transfer.train_program.cache_info().misses
     config.seed = 1
     other = transfer.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
-    assert transfer._train_program.cache_info().misses == compiled  # No new program for a new seed.
+    assert transfer.train_program.cache_info().misses == compiled  # No new program for a new seed.
     assert not np.allclose(first.loss_curve, other.loss_curve)
     config.seed = 0
     again = transfer.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
