@@ -373,28 +373,13 @@ def train(
             },
         )
     context = config.model.text.context_length
-    rng = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(lambda r: create_state(model, tx, image_shape, context, r), rng)
-    shardings = parallel.param_shardings(abstract, mesh, fsdp=config.get("fsdp", False))
-    init_fn = lambda: jax.jit(
-        lambda r: create_state(model, tx, image_shape, context, r), out_shardings=shardings
-    )(rng)
-    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-    start_step, state = pretrain._initial_state(config, workdir, ckpt, init_fn, abstract, shardings)
+    ckpt, start_step, state, shardings = pretrain.start_state(
+        config, workdir, mesh, lambda r: create_state(model, tx, image_shape, context, r)
+    )
     summary_path = os.path.join(workdir, SUMMARY_FILE)
-    if start_step >= total_steps and os.path.exists(summary_path):
-        ckpt.close()
-        with open(summary_path) as f:
-            summary = json.load(f)
-        logging.info("The run in %s is finished (step %d); nothing to do.", workdir, start_step)
-        return {
-            "state": state,
-            "step": start_step,
-            "summary": summary,
-            "history": [],
-            "resumed_from": start_step,
-            "trained_steps": 0,
-        }
+    finished = pretrain.finished_run(ckpt, summary_path, state, start_step, total_steps)
+    if finished:
+        return finished
 
     train_step = jax.jit(
         make_train_step(model, tx, schedule),

@@ -384,6 +384,44 @@ def _image_shape(test_data, config) -> tuple[int, ...]:
     return tuple(first["image"].shape[1:])
 
 
+def start_state(config, workdir: str, mesh, create_fn):
+    """The train state to start from, with its checkpointer and shardings.
+
+    `create_fn(rng)` builds a fresh state; it is `eval_shape`d to derive the shardings (replicated, or FSDP)
+    and materialised under `jit` with those out_shardings only when nothing can be restored. Resume order:
+    own workdir > `config.init_from` > scratch. Returns (checkpointer, start_step, state, shardings).
+    """
+    rng = jax.random.PRNGKey(config.seed)
+    abstract = jax.eval_shape(create_fn, rng)
+    shardings = parallel.param_shardings(abstract, mesh, fsdp=config.get("fsdp", False))
+    init_fn = lambda: jax.jit(create_fn, out_shardings=shardings)(rng)
+    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    start_step, state = _initial_state(config, workdir, ckpt, init_fn, abstract, shardings)
+    return ckpt, start_step, state, shardings
+
+
+def finished_run(ckpt, summary_path: str, state, start_step: int, total_steps: int) -> dict | None:
+    """What `train` returns for a run that already finished (its saved summary), or None to train on."""
+    if start_step < total_steps or not os.path.exists(summary_path):
+        return None
+    ckpt.close()
+    with open(summary_path) as f:
+        summary = json.load(f)
+    logging.info(
+        "The run in %s is finished (step %d); nothing to do.",
+        os.path.dirname(summary_path),
+        start_step,
+    )
+    return {
+        "state": state,
+        "step": start_step,
+        "summary": summary,
+        "history": [],
+        "resumed_from": start_step,
+        "trained_steps": 0,
+    }
+
+
 def _initial_state(config, workdir, ckpt, init_fn, abstract, shardings):
     """Resume order: own workdir > `config.init_from` > scratch. Returns (start_step, state)."""
     target = jax.tree.map(
@@ -463,29 +501,13 @@ def train(
                 "config": json.loads(config_lib.to_json(config)),
             },
         )
-    rng = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(lambda r: create_state(model, tx, image_shape, r), rng)
-    shardings = parallel.param_shardings(abstract, mesh, fsdp=config.get("fsdp", False))
-    init_fn = lambda: jax.jit(
-        lambda r: create_state(model, tx, image_shape, r), out_shardings=shardings
-    )(rng)
-
-    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-    start_step, state = _initial_state(config, workdir, ckpt, init_fn, abstract, shardings)
+    ckpt, start_step, state, shardings = start_state(
+        config, workdir, mesh, lambda r: create_state(model, tx, image_shape, r)
+    )
     summary_path = os.path.join(workdir, SUMMARY_FILE)
-    if start_step >= total_steps and os.path.exists(summary_path):
-        ckpt.close()
-        with open(summary_path) as f:
-            summary = json.load(f)
-        logging.info("The run in %s is finished (step %d); nothing to do.", workdir, start_step)
-        return {
-            "state": state,
-            "step": start_step,
-            "summary": summary,
-            "history": [],
-            "resumed_from": start_step,
-            "trained_steps": 0,
-        }
+    finished = finished_run(ckpt, summary_path, state, start_step, total_steps)
+    if finished:
+        return finished
 
     replicated = parallel.replicated(mesh)
     train_step = jax.jit(
