@@ -12,6 +12,7 @@ from nml_jax import features, parallel, text_features
 from nml_jax.data import text
 from nml_jax.models import minilm
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "minilm_reference.npz")
 CLS, SEP = 101, 102
 
@@ -208,3 +209,24 @@ def test_build_text_task_npz_is_a_valid_features_file(tmp_path, encoder):
         text_features.build_text_task_npz(path, source="apple", cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="target 'airline'"):
         text_features.build_text_task_npz(path, targets=("airline",), cache_dir=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_nmtune_text_smoke_end_to_end(tmp_path):
+    """configs/nmtune_text.py:smoke: embed, then LP/MLP/NMTune rows for the ID set and every OOD domain."""
+    from nml_jax import config_lib, main, results
+
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "nmtune_text.py:smoke"))
+    config.text.limit = 64
+    main.run(config, str(tmp_path))
+    rows = results.read(str(tmp_path / "results.csv"))
+    domains = {(r.kind, r.test_domain) for r in rows}
+    assert domains == {
+        ("id", "airline"),
+        ("ood", "apple"),
+        ("ood", "other_topics"),
+        ("ood", "drug_reviews"),
+    }
+    assert {r.method for r in rows} == {"lp", "mlp", "nmtune"} and len(rows) == 12
+    assert all(0.0 <= r.accuracy <= 1.0 for r in rows)
+    assert (tmp_path / "report.md").exists() and (tmp_path / "spectrum.json").exists()
