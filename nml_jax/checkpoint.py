@@ -109,8 +109,11 @@ class Checkpointer:
 def restore_raw(workdir: str) -> tuple[int, Any]:
     """The newest checkpoint of `workdir` as saved (dict of arrays), for `init_from` and inspection.
 
+    A newest checkpoint that cannot be read (corrupted, partial) is skipped with a warning.
+
     Raises:
       FileNotFoundError: `workdir` holds no checkpoint.
+      ValueError: none of its checkpoints can be restored.
     """
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     steps = sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
@@ -118,7 +121,18 @@ def restore_raw(workdir: str) -> tuple[int, Any]:
         raise FileNotFoundError(
             f"No checkpoint in {directory}; run the pretrain stage with --workdir={workdir} first."
         )
+    errors = []
     with ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(read_only=True)
     ) as manager:
-        return steps[-1], manager.restore(steps[-1], args=ocp.args.StandardRestore())
+        for step in reversed(steps):
+            try:
+                return step, manager.restore(step, args=ocp.args.StandardRestore())
+            except Exception as e:  # Orbax/TensorStore raise many types for unreadable files.
+                errors.append(f"step {step}: {type(e).__name__}")
+                logging.warning(
+                    "Checkpoint %d in %s cannot be restored; trying the previous one.",
+                    step,
+                    directory,
+                )
+    raise ValueError(f"No checkpoint in {directory} can be restored ({'; '.join(errors)}).")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from nml_jax import config_lib, data, metrics, pretrain
+from nml_jax import checkpoint, config_lib, data, metrics, pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -230,6 +231,22 @@ def test_corrupted_checkpoint_falls_back_and_resume_is_exact(tmp_path, caplog):
     assert "step 8" in caplog.text
     assert os.path.isdir(os.path.join(workdir, "corrupt_checkpoints", "8"))
     assert_trees_equal(params_of(resumed), params_of(straight))
+
+
+def test_restore_raw_skips_a_corrupted_newest_checkpoint(tmp_path):
+    config, train_data, test = tiny_config(), random_data(), random_data(16, seed=1)
+    workdir = str(tmp_path)
+    pretrain.train(config, workdir, train_data, test, 3)
+    assert checkpoint.restore_raw(workdir)[0] == 8
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "8")):
+        for name in files:
+            if "ocdbt" in root or name.startswith("manifest"):
+                os.remove(os.path.join(root, name))
+    step, raw = checkpoint.restore_raw(workdir)
+    assert step == 4 and "params" in raw
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+    with pytest.raises(ValueError, match="can be restored"):
+        checkpoint.restore_raw(workdir)
 
 
 def test_non_finite_loss_names_the_step(tmp_path):
