@@ -227,7 +227,11 @@ def markdown(
             "standard errors, 'contradicted' when it does so in the other direction, else 'inconclusive'.",
             "",
         ]
-    parts += ["## Every test set", domain_table(rows), ""]
+    parts += [
+        "## Every test set (mean ± std over every run above, all noise levels together)",
+        domain_table(rows),
+        "",
+    ]
     for fig in figures:
         parts.append(f"![{os.path.splitext(os.path.basename(fig))[0]}]({fig})")
     if notes:

@@ -123,6 +123,7 @@ def write_study_outputs(config, workdir, rows, spectra, per_run) -> None:
                 if s == first_seed
             },
             path,
+            title=f"{domain} test features by pre-training noise (seed {first_seed})",
         )
         paths.append(path)
     path = os.path.join(figures, "accuracy_vs_noise.png")
