@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from typing import Any
@@ -104,22 +103,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise config_lib.ConfigError(
             "config.dataset='tfrecord' needs config.shards, a glob such as 'gs://b/yfcc15m/*.tfrecord'."
         )
-    config_lib.check_positive_int("input.batch_size", config.input.batch_size)
-    config_lib.check_positive_int("input.eval_batch_size", config.input.eval_batch_size)
-    if (config.get("total_steps") is None) == (config.get("total_epochs") is None):
-        raise config_lib.ConfigError(
-            "Set exactly one of config.total_steps and config.total_epochs."
-        )
-    if config.get("total_steps") is not None:
-        config_lib.check_positive_int("total_steps", config.total_steps)
-    else:
-        config_lib.check_range("total_epochs", config.total_epochs, 0, math.inf, low_open=True)
-    for key in ("log_every_steps", "ckpt_every_steps", "keep_checkpoints"):
-        config_lib.check_positive_int(key, config[key])
-    opt = config.optimizer
-    config_lib.check_choice("optimizer.name", opt.name, pretrain.OPTIMIZERS)
-    config_lib.check_range("optimizer.lr", opt.lr, 0.0, math.inf, low_open=True)
-    config_lib.check_range("optimizer.weight_decay", opt.weight_decay, 0.0, math.inf)
+    pretrain.validate_training(config)
 
 
 def clip_loss(image: jax.Array, text: jax.Array, scale: jax.Array) -> jax.Array:

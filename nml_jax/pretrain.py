@@ -96,15 +96,11 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError naming the first invalid key of a pretrain config."""
-    config_lib.check_choice("stage", config.stage, ["pretrain"])
-    config_lib.check_choice("model.name", config.model.name, models.NAMES)
-    config_lib.check_choice("model.dtype", config.model.dtype, ["float32", "bfloat16"])
+def validate_training(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first invalid key of the settings every trainer shares: batch sizes,
+    duration, warmup, periodic work and the optimizer (pretrain and clip_pretrain configs)."""
     config_lib.check_positive_int("input.batch_size", config.input.batch_size)
     config_lib.check_positive_int("input.eval_batch_size", config.input.eval_batch_size)
-    if config.get("train_examples") is not None:
-        config_lib.check_positive_int("train_examples", config.train_examples)
     if (config.get("total_steps") is None) == (config.get("total_epochs") is None):
         raise config_lib.ConfigError(
             "Set exactly one of config.total_steps and config.total_epochs."
@@ -121,7 +117,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if config.get(key) is not None:
             config_lib.check_positive_int(key, config[key])
     config_lib.check_positive_int("keep_checkpoints", config.keep_checkpoints)
-    config_lib.check_range("label_smoothing", config.label_smoothing, 0.0, 1.0, high_open=True)
     opt = config.optimizer
     config_lib.check_choice("optimizer.name", opt.name, OPTIMIZERS)
     config_lib.check_range("optimizer.lr", opt.lr, 0.0, math.inf, low_open=True)
@@ -129,10 +124,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.check_range("optimizer.momentum", opt.momentum, 0.0, 1.0, high_open=True)
     if opt.get("clip_norm") is not None:
         config_lib.check_range("optimizer.clip_norm", opt.clip_norm, 0.0, math.inf, low_open=True)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first invalid key of a pretrain config."""
+    config_lib.check_choice("stage", config.stage, ["pretrain"])
+    config_lib.check_choice("model.name", config.model.name, models.NAMES)
+    config_lib.check_choice("model.dtype", config.model.dtype, ["float32", "bfloat16"])
+    if config.get("train_examples") is not None:
+        config_lib.check_positive_int("train_examples", config.train_examples)
+    config_lib.check_range("label_smoothing", config.label_smoothing, 0.0, 1.0, high_open=True)
     config_lib.check_choice(
         "noise.kind", config.noise.kind, ["none", "symmetric", "asymmetric", "matrix"]
     )
-    config_lib.check_range("noise.ratio", config.noise.ratio, 0.0, 1.0)
+    config_lib.check_range("noise.ratio", config.noise.ratio, 0.0, 1.0, high_open=True)
+    validate_training(config)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
