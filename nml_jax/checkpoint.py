@@ -23,14 +23,6 @@ CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
 
 
-def abstract_like(tree: Any) -> Any:
-    """`jax.ShapeDtypeStruct`s (with shardings) of a pytree of arrays, the target of a restore."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        tree,
-    )
-
-
 class Checkpointer:
     """Saves and restores one training state per step under `<workdir>/checkpoints`.
 
