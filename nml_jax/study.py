@@ -19,7 +19,12 @@ from nml_jax import config_lib, downstream, parallel, report, results, spectrum
 
 def run_nmtune(config, workdir: str) -> dict[str, Any]:
     """Stage `nmtune`: the whole pipeline at one noise level in `workdir`."""
-    if not (config.get("pretrained") or config.get("features_npz")):
+    if config.get("features_npz"):
+        # Black-box features replace pre-training and the encoder; the default title would name the embedded study.
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.title = f"LP, MLP and NMTune on the features in {config.features_npz}"
+    elif not config.get("pretrained"):
         from nml_jax import pretrain
 
         pretrain.run(config.pretrain, workdir)
