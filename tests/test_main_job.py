@@ -106,3 +106,11 @@ def test_probe_on_exported_features_npz(smoke, tmp_path):
     assert set(by_domain) == {"mnist5k", *(d for d in expected if d != "mnist5k")}
     for domain, acc in expected.items():
         assert by_domain[domain] == pytest.approx(acc, abs=1e-6), domain
+
+    # The nmtune stage on the same file: no pre-training, and a report that names the file.
+    tuned = _config("nmtune.py", "smoke", features_npz=path)
+    out = main.run(tuned, str(tmp_path / "nmtune"))
+    assert not os.path.exists(tmp_path / "nmtune" / "checkpoints")
+    assert {r.method for r in out["rows"]} == {"lp", "mlp", "nmtune"}
+    with open(tmp_path / "nmtune" / "report.md") as f:
+        assert path in f.readline()
