@@ -64,18 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.total_steps = None
     config.warmup_epochs = 0.1
     config.warmup_steps = None
-    config.optimizer = ml_collections.ConfigDict(
-        {
-            "name": "adamw",
-            "lr": 1e-3,
-            "momentum": 0.9,
-            "nesterov": False,
-            "b1": 0.9,
-            "b2": 0.98,
-            "weight_decay": 0.1,
-            "clip_norm": None,
-        }
-    )
+    config.optimizer = pretrain.optimizer_block("adamw", lr=1e-3, weight_decay=0.1, b2=0.98)
     config.zero_shot = ml_collections.ConfigDict(
         {"dataset": "nml_fashion_mnist", "split": "test", "data_dir": None}
     )

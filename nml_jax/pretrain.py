@@ -48,6 +48,24 @@ class TrainState:
     rng: jax.Array
 
 
+def optimizer_block(
+    name: str, *, lr: float, weight_decay: float, b2: float = 0.999
+) -> ml_collections.ConfigDict:
+    """Every field `make_optimizer` reads (pretrain and clip_pretrain configs)."""
+    return ml_collections.ConfigDict(
+        {
+            "name": name,
+            "lr": lr,
+            "momentum": 0.9,
+            "nesterov": False,
+            "b1": 0.9,
+            "b2": b2,
+            "weight_decay": weight_decay,
+            "clip_norm": None,
+        }
+    )
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every field of a pretrain config, with the embedded default's values (configs/ start here)."""
     config = ml_collections.ConfigDict()
@@ -72,18 +90,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.total_steps = None
     config.warmup_epochs = 0.0
     config.warmup_steps = None
-    config.optimizer = ml_collections.ConfigDict(
-        {
-            "name": "sgd",
-            "lr": 0.05,
-            "momentum": 0.9,
-            "nesterov": False,
-            "b1": 0.9,
-            "b2": 0.999,
-            "weight_decay": 5e-4,
-            "clip_norm": None,
-        }
-    )
+    config.optimizer = optimizer_block("sgd", lr=0.05, weight_decay=5e-4)
     config.label_smoothing = 0.0
 
     config.log_every_steps = 100
