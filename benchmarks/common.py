@@ -113,4 +113,4 @@ def load_config(name: str, arg: str | None = None):
     """`get_config(arg)` of configs/`name` (e.g. 'pretrain.py'), as `python -m nml_jax.main` builds it."""
     from nml_jax import config_lib
 
-    return config_lib.load_sibling(os.path.join(REPO, "configs", name), name, arg)
+    return config_lib.load_config(os.path.join(REPO, "configs", name) + (f":{arg}" if arg else ""))

@@ -1,7 +1,7 @@
 """Feature extraction throughput: images/s of `features.encode` with a restored encoder.
 
 Trains a tiny checkpoint first (configs/pretrain.py:smoke, 8 steps of the small CNN, into a temporary
-workdir), restores it with `pretrain.restore_encoder` and encodes the Fashion-MNIST test images (uint8,
+workdir), restores it with `encoders.restore` and encodes the Fashion-MNIST test images (uint8,
 including the eval preprocessing and the host-device copies) with
   - `features.encode(encoder, images, chunk)`: what the features stage runs, chunk = 256 and 1024;
   - `Encoder.features(images, batch_size=B)`: the compiled device batch B = 256 and 1024.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 
 from benchmarks import common
-from nml_jax import data, features, pretrain
+from nml_jax import data, encoders, features, pretrain
 
 
 def main():
@@ -28,7 +28,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="nml_feat_") as workdir:
         common.log("training a tiny checkpoint (configs/pretrain.py:smoke)")
         pretrain.run(common.load_config("pretrain.py", "smoke"), workdir)
-        encoder = pretrain.restore_encoder(workdir)
+        encoder = encoders.restore(workdir)
         cases = {
             "features.encode": lambda b: features.encode(encoder, images, b),
             "Encoder.features": lambda b: encoder.features(images, batch_size=b),

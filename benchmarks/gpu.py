@@ -3,7 +3,7 @@
   - ResNet-50 (ImageNet stem) pre-training step at 224 px, bfloat16 compute, batch 128 and 256
     (`pretrain.make_train_step`, jitted as `pretrain.train` does; see benchmarks/pretrain_throughput.py);
   - NMTune at D = 2048, batch 256, N = 16384 cached features, 2 epochs in one jitted scan
-    (`transfer.train_program`; see benchmarks/transfer_throughput.py), with its matmul peak fraction.
+    (`tuning.train_program`; see benchmarks/transfer_throughput.py), with its matmul peak fraction.
 
 On a CPU backend it refuses to run unless `--quick`, which uses tiny shapes (64 px, batch 4; D = 256,
 batch 32) to check that the script works.

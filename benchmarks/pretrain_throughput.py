@@ -12,10 +12,11 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from nml_jax import parallel, pretrain
+from nml_jax import models, parallel, pretrain, trainer
 
 # (model, model kwargs, image shape, CPU batch sizes, accelerator batch sizes).
 CASES = (
@@ -32,15 +33,19 @@ def make_step(model_name: str, model_kwargs: dict, dtype: str, image_shape, batc
     config = common.load_config("pretrain.py", f"model={model_name}")
     config.model.update({"dtype": dtype, **model_kwargs})
     num_classes = 10 if model_name != "resnet50" else 1000
-    model = pretrain.build_model(config, num_classes)
-    schedule = pretrain.learning_rate_schedule(config.optimizer.lr, 10_000, 0)
-    tx = pretrain.make_optimizer(config.optimizer, schedule)
+    model = models.from_config(config.model, num_classes)
+    schedule = trainer.learning_rate_schedule(config.optimizer.lr, 10_000, 0)
+    tx = trainer.make_optimizer(config.optimizer, schedule)
     mesh = parallel.make_mesh()
     rng = jax.random.PRNGKey(0)
-    abstract = jax.eval_shape(lambda r: pretrain.create_state(model, tx, image_shape, r), rng)
+    abstract = jax.eval_shape(
+        lambda r: trainer.create_state(model, tx, (jnp.zeros((1, *image_shape)),), r, train=False),
+        rng,
+    )
     shardings = parallel.param_shardings(abstract, mesh)
     state = jax.jit(
-        lambda r: pretrain.create_state(model, tx, image_shape, r), out_shardings=shardings
+        lambda r: trainer.create_state(model, tx, (jnp.zeros((1, *image_shape)),), r, train=False),
+        out_shardings=shardings,
     )(rng)
     step = jax.jit(
         pretrain.make_train_step(model, tx, 0.0, schedule),

@@ -6,7 +6,7 @@
     views of the batch, then the NMTune head (Linear D->4D, BatchNorm, ReLU, Linear 4D->D, residual scale,
     classifier) is trained with CE on both views + consistency + covariance - top-5 singular-value share
     (`torch.linalg.svdvals`), AdamW lr 1e-3, wd 1e-4, batch 64. Ours: the features are computed once
-    (`Encoder`-style jitted forward) and `transfer.train_program` runs the epochs in one jitted scan on the
+    (`Encoder`-style jitted forward) and `tuning.train_program` runs the epochs in one jitted scan on the
     cached features. N = 4096 examples, D = 128 features; time per epoch and the ratio torch / ours.
 
 PyTorch runs with `torch.set_num_threads(2)` (the cores of the reference machine; XLA:CPU uses all cores);
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from benchmarks import common, pretrain_throughput, transfer_throughput
-from nml_jax import pretrain
+from nml_jax import models
 
 BATCH = 64
 NUM_CLASSES = 10
@@ -141,7 +141,7 @@ def _median_time(fn, repeats: int) -> float:
 
 def jax_feature_pass_s(num_examples: int) -> float:
     """Seconds to encode N images once with the small CNN's jitted eval forward (the cached features)."""
-    model = pretrain.build_model(common.load_config("pretrain.py"), NUM_CLASSES)
+    model = models.from_config(common.load_config("pretrain.py").model, NUM_CLASSES)
     images = np.random.default_rng(0).standard_normal((num_examples, 28, 28, 1), np.float32)
     batches = images.reshape(-1, 256, 28, 28, 1)
     variables = model.init(jax.random.key(0), batches[0])

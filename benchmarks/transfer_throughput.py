@@ -1,7 +1,7 @@
 """Transfer-head throughput: LP and NMTune steps/s on cached features, and the share of the matmul peak.
 
 Runs nml_jax.transfer's own jitted training program (`train_program`, with `make_head` and
-`init_variables`, as `transfer.fit` builds it) on N random device-resident features for a
+`init_variables`, as `tuning.fit` builds it) on N random device-resident features for a
 few epochs inside one jitted scan, and reports the time per step. `matmul_gflop` counts the dense matmuls of
 one step (forward, times 3 for forward + backward):
   LP:     2 B D C;
@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from benchmarks import common
-from nml_jax import parallel, transfer
+from nml_jax import defaults, parallel, tuning
 
 NUM_CLASSES = 10
 
@@ -59,20 +59,20 @@ def step_matmul_flops(method: str, batch: int, dim: int, num_classes: int) -> fl
 
 def make_program(method: str, num_examples: int, dim: int, batch: int, epochs: int):
     """(train, args): nml_jax.transfer's jitted training program and its device-resident inputs."""
-    config = transfer.default_config(method)
+    config = defaults.head(method)
     config.batch_size, config.epochs = batch, epochs
     mesh = parallel.make_mesh()
     rng = np.random.default_rng(0)
     views = rng.standard_normal((1, num_examples, dim)).astype(np.float32)
     labels = rng.integers(0, NUM_CLASSES, num_examples).astype(np.int32)
-    model = transfer.make_head(method, config, NUM_CLASSES)
+    model = tuning.make_head(method, config, NUM_CLASSES)
     variables = jax.device_put(
-        transfer.init_variables(model, dim, config.seed), parallel.replicated(mesh)
+        tuning.init_variables(model, dim, config.seed), parallel.replicated(mesh)
     )
-    steps = transfer.steps_per_epoch(num_examples, batch)
-    train = transfer.train_program(
+    steps = tuning.steps_per_epoch(num_examples, batch)
+    train = tuning.train_program(
         method,
-        transfer.settings_key(config),
+        tuning.settings_key(config),
         NUM_CLASSES,
         mesh,
         num_examples=num_examples,
@@ -100,7 +100,7 @@ def measure(method, dim, batch, num_examples, epochs, repeats, peak):
         "epochs": epochs,
         "step_ms": round(1000 * step_s, 3),
         "steps_per_s": round(1 / step_s, 1),
-        "epoch_s": round(step_s * transfer.steps_per_epoch(num_examples, batch), 3),
+        "epoch_s": round(step_s * tuning.steps_per_epoch(num_examples, batch), 3),
         "matmul_gflop_per_step": round(gflop, 4),
         "matmul_gflops": round(gflop / step_s, 2),
         "peak_fraction": round(gflop / step_s / peak, 3),

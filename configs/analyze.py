@@ -5,12 +5,12 @@
 Variant `:centering=column` subtracts column means instead of the official per-row centring.
 """
 
-from nml_jax import config_lib, downstream
+from nml_jax import config_lib, defaults
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, centering="row", suite="embedded")
-    config = downstream.default_config((), arg.suite)
+    config = defaults.downstream((), arg.suite)
     config.stage = "analyze"
     config.centering = arg.centering
     return config

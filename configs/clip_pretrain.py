@@ -13,12 +13,11 @@ Its image features then go through the downstream stages like a supervised check
         --config.pretrained=workdirs/clip_n0
 
 Variants: noise (caption-swap ratio), seed (noise, parameters and batch order), size (a key of
-nml_jax.models.clip.SIZES), epochs, batch, lr, examples (first N train pairs; 0 = all 60,000), bf16 (mixed
+nml_jax.defaults.CLIP_SIZES), epochs, batch, lr, examples (first N train pairs; 0 = all 60,000), bf16 (mixed
 precision), smoke (tiny model, 512 pairs, 8 steps).
 """
 
-from nml_jax import clip_pretrain, config_lib
-from nml_jax.models import clip
+from nml_jax import config_lib, defaults
 
 
 def get_config(arg=None):
@@ -34,17 +33,17 @@ def get_config(arg=None):
         bf16=False,
         smoke=False,
     )
-    config = clip_pretrain.default_config()
-    config.noise = config_lib.noise_block("caption_swap", arg.noise, arg.seed)
+    config = defaults.clip_pretrain()
+    config.noise = defaults.noise_block("caption_swap", arg.noise, arg.seed)
     config.seed = arg.seed
-    config.model = clip.model_config(arg.size, "bfloat16" if arg.bf16 else "float32")
+    config.model = defaults.clip_model(arg.size, "bfloat16" if arg.bf16 else "float32")
     config.total_epochs = arg.epochs
     config.input.batch_size = arg.batch
     config.optimizer.lr = arg.lr
     if arg.examples:
         config.train_split = f"train[:{arg.examples}]"
     if arg.smoke:
-        config.model = clip.model_config("tiny", config.model.dtype)
+        config.model = defaults.clip_model("tiny", config.model.dtype)
         config.train_split = "train[:512]"
         config.total_epochs = None
         config.total_steps = 8

@@ -23,8 +23,7 @@ Data layout: `shards=` is a glob of TFRecord files of tf.train.Example with `jpg
         --workdir=/mnt/shared/clip_yfcc_n10
 """
 
-from nml_jax import clip_pretrain, config_lib
-from nml_jax.models import clip
+from nml_jax import config_lib, defaults
 
 RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3)
 CLIP_MEAN = "(0.48145466, 0.4578275, 0.40821073)"
@@ -37,12 +36,12 @@ def get_config(arg=None):
     )
     config_lib.check_choice("noise", arg.noise, RATIOS)
     config_lib.check_choice("model", arg.model, ["rn50", "vit_b16"])
-    config = clip_pretrain.default_config()
-    config.dataset = clip_pretrain.TFRECORD
+    config = defaults.clip_pretrain()
+    config.dataset = "tfrecord"
     config.shards = arg.shards or "/path/to/yfcc15m/*.tfrecord"
-    config.noise = config_lib.noise_block("caption_swap", arg.noise, arg.seed)
+    config.noise = defaults.noise_block("caption_swap", arg.noise, arg.seed)
     config.seed = arg.seed
-    config.model = clip.model_config(arg.model, "bfloat16")
+    config.model = defaults.clip_model(arg.model, "bfloat16")
     config.tokenizer_texts = 2_000_000  # The BPE is trained on the first 2M captions.
     config.input.batch_size = 4096
     config.input.eval_batch_size = 1024
@@ -57,11 +56,9 @@ def get_config(arg=None):
     config.warmup_epochs = None
     config.warmup_steps = 2000
     config.optimizer.update(name="adamw", lr=5e-4, b1=0.9, b2=0.98, weight_decay=0.2)
-    config.zero_shot = {
-        "dataset": "imagenet2012",
-        "split": "validation",
-        "data_dir": arg.data_dir or None,
-    }
+    config.zero_shot.update(
+        dataset="imagenet2012", split="validation", data_dir=arg.data_dir or None
+    )
     config.fsdp = arg.fsdp
     config.log_every_steps = 100
     config.ckpt_every_steps = 1000

@@ -12,23 +12,9 @@ NMTune on black-box features (any model, any API) instead of our own encoder:
         --config.features_npz=my_features.npz
 """
 
-from nml_jax import config_lib, downstream
+from nml_jax import config_lib, defaults
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, noise=0.1, seed=0, smoke=False, views=0, train_limit=10000)
-    config = downstream.default_config(("lp", "mlp", "nmtune"))
-    config.stage = "nmtune"
-    config.seed = arg.seed
-    pretrain_arg = f"noise={arg.noise},seed={arg.seed}" + (",smoke" if arg.smoke else "")
-    config.pretrain = config_lib.load_sibling(__file__, "pretrain.py", pretrain_arg)
-    config.train_limit = arg.train_limit
-    config.views.count = arg.views
-    for method in config.transfer:
-        config.transfer[method].seed = arg.seed
-    config.title = f"NMTune on the embedded suite (pre-training noise {arg.noise:g})"
-    if arg.smoke:
-        config.train_limit = 256
-        for method in config.transfer:
-            config.transfer[method].epochs = 2
-    return config
+    return defaults.nmtune(**arg.to_dict())

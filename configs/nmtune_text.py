@@ -12,12 +12,12 @@ main job. Embedding is the cost (cached in <workdir>/features afterwards).
 
 import ml_collections
 
-from nml_jax import config_lib, downstream
+from nml_jax import config_lib, defaults
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, limit=3000, full=False, smoke=False, seed=0)
-    config = downstream.default_config(("lp", "mlp", "nmtune"))
+    config = defaults.downstream(defaults.METHODS)
     config.stage = "nmtune_text"
     config.seed = arg.seed
     for method in config.transfer:

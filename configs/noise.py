@@ -8,7 +8,7 @@ Default: 20% symmetric label noise on the train split of the embedded Fashion-MN
 
 import ml_collections
 
-from nml_jax import config_lib
+from nml_jax import config_lib, defaults
 
 
 def get_config(arg=None):
@@ -18,7 +18,7 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.stage = "noise"
     config.dataset = arg.dataset
-    config.data_dir = None
+    config.data_dir = defaults.optional(str)
     config.train_split = "train"
-    config.noise = config_lib.noise_block(arg.kind, arg.ratio, arg.seed)
+    config.noise = defaults.noise_block(arg.kind, arg.ratio, arg.seed)
     return config

@@ -11,7 +11,7 @@ Variants: noise (ratio), kind (symmetric|asymmetric|none), seed, model (a name i
 epochs, batch, lr, dataset, smoke (512 examples, a few steps).
 """
 
-from nml_jax import config_lib, pretrain
+from nml_jax import config_lib, defaults
 
 
 def get_config(arg=None):
@@ -27,19 +27,4 @@ def get_config(arg=None):
         dataset="nml_fashion_mnist",
         smoke=False,
     )
-    config = pretrain.default_config()
-    config.dataset = arg.dataset
-    config.noise = config_lib.noise_block(arg.kind, arg.noise, arg.seed)
-    config.seed = arg.seed
-    config.model.name = arg.model
-    config.total_epochs = arg.epochs
-    config.input.batch_size = arg.batch
-    config.optimizer.lr = arg.lr
-    if arg.smoke:
-        config.train_examples = 512
-        config.total_epochs = None
-        config.total_steps = 8
-        config.input.eval_batch_size = 256
-        config.log_every_steps = 4
-        config.ckpt_every_steps = 4
-    return config
+    return defaults.embedded_pretrain(**arg.to_dict())

@@ -8,7 +8,7 @@ SGD momentum 0.9, lr 0.1, 200 epochs cosine, weight decay 5e-4, random crop + fl
         --workdir=workdirs/c100_n20
 """
 
-from nml_jax import config_lib, pretrain
+from nml_jax import config_lib, defaults
 
 # Per-channel mean and std of the CIFAR-10 train split (used for both CIFAR sets).
 NORMALIZE = "normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))"
@@ -19,9 +19,9 @@ def get_config(arg=None):
         arg, noise=0.0, kind="symmetric", seed=0, dataset="cifar10", epochs=200.0, smoke=False
     )
     config_lib.check_choice("dataset", arg.dataset, ["cifar10", "cifar100"])
-    config = pretrain.default_config()
+    config = defaults.pretrain()
     config.dataset = arg.dataset
-    config.noise = config_lib.noise_block(arg.kind, arg.noise, arg.seed)
+    config.noise = defaults.noise_block(arg.kind, arg.noise, arg.seed)
     config.seed = arg.seed
     config.model = {"name": "resnet18", "stem": "small", "dtype": "float32"}
     config.input.batch_size = 128

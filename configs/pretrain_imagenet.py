@@ -10,7 +10,7 @@ bfloat16 compute with float32 parameters.
     launch/tpu_pod.sh configs/pretrain_imagenet.py:noise=0.1 /mnt/shared/in1k_n10
 """
 
-from nml_jax import config_lib, pretrain
+from nml_jax import config_lib, defaults
 
 RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3)
 
@@ -20,11 +20,11 @@ def get_config(arg=None):
         arg, noise=0.0, seed=0, model="resnet50", data_dir="", fsdp=False, smoke=False
     )
     config_lib.check_choice("noise", arg.noise, RATIOS)
-    config = pretrain.default_config()
+    config = defaults.pretrain()
     config.dataset = "imagenet2012"
     config.data_dir = arg.data_dir or None
     config.test_split = "validation"
-    config.noise = config_lib.noise_block("symmetric", arg.noise, arg.seed)
+    config.noise = defaults.noise_block("symmetric", arg.noise, arg.seed)
     config.seed = arg.seed
     config.model = {"name": arg.model, "dtype": "bfloat16"}
     config.input.stream = True

@@ -9,12 +9,12 @@ On black-box features (see README, "Your own features"):
 Variants: `:methods=lp+mlp+nmtune` runs the tuned heads too; `:train_limit=N` caps each training split.
 """
 
-from nml_jax import config_lib, downstream
+from nml_jax import config_lib, defaults
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, methods="lp", train_limit=0, suite="embedded")
-    config = downstream.default_config(tuple(arg.methods.split("+")), arg.suite)
+    config = defaults.downstream(tuple(arg.methods.split("+")), arg.suite)
     config.stage = "transfer"
     if arg.train_limit:
         config.train_limit = arg.train_limit

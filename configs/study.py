@@ -8,12 +8,12 @@ beside the measured numbers, with the spread over seeds.
     python -m nml_jax.main --config=configs/study.py:seeds=1,ratios=(0.0,0.3) --workdir=workdirs/quick
 """
 
-from nml_jax import config_lib
+from nml_jax import config_lib, defaults
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, seeds=3, ratios=(0.0, 0.05, 0.1, 0.2, 0.3), smoke=False)
-    config = config_lib.load_sibling(__file__, "nmtune.py", "smoke" if arg.smoke else None)
+    config = defaults.nmtune(smoke=arg.smoke)
     config.stage = "study"
     config.ratios = tuple(float(r) for r in arg.ratios)
     config.seeds = tuple(range(arg.seeds))

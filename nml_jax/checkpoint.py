@@ -43,10 +43,6 @@ class Checkpointer:
         """Steps of the finished checkpoints, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def latest_step(self) -> int | None:
-        steps = self.steps()
-        return steps[-1] if steps else None
-
     def save(self, step: int, state: Any) -> None:
         """Starts saving `state` as checkpoint `step` (asynchronously unless disabled)."""
         self._manager.save(step, args=ocp.args.StandardSave(state), force=True)

@@ -5,21 +5,16 @@ TFRecord shards of a web dataset, see nml_jax/data/captions.py), swaps the capti
 `noise.load_or_make` (noise.npz records `caption_index` and `is_noisy`), trains (or reloads) the byte-level BPE
 tokenizer in `<workdir>/tokenizer.json`, and calls `train`.
 
-`train` reuses the supervised trainer's pieces (pretrain.py): TrainState, the warmup + cosine schedule, the
-optimizer, the resume order (own workdir > init_from > scratch) and the Orbax checkpoints; the data position is
-the step. The loss is the symmetric InfoNCE over the GLOBAL batch: the step is jitted with the batch sharded
-over `data`, so `image @ text.T` on the global arrays makes XLA gather the embeddings of every device.
+This module holds only what is contrastive: the CLIP model, its InfoNCE step, the pairs and zero-shot
+evaluation; the shared loop (state, optimizer, resume, checkpoints, metrics) is `trainer.train`, and the data
+position is the step. The loss is the symmetric InfoNCE over the GLOBAL batch: the step is jitted with the batch
+sharded over `data`, so `image @ text.T` on the global arrays makes XLA gather the embeddings of every device.
 At the end, zero-shot accuracy on `config.zero_shot` (prompt ensembles per class) is logged and returned.
-
-`restore_encoder(workdir)` gives the features stage the frozen image tower (features = image embeddings).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import time
 from typing import Any
 
 import jax
@@ -29,59 +24,18 @@ import numpy as np
 import optax
 from absl import logging
 
-from nml_jax import checkpoint, config_lib, metrics, parallel, pretrain
+from nml_jax import config_lib, encoders, losses, noise, parallel, trainer
 from nml_jax import tokenizer as tokenizer_lib
 from nml_jax.models import clip
 
 SUMMARY_FILE = "clip_summary.json"
-MODEL_FILE = pretrain.MODEL_FILE
 TFRECORD = "tfrecord"  # config.dataset for web-scale TFRecord shards (config.shards).
-_COUNT_KEYS = ("hit_clean", "hit_noisy", "n_clean", "n_noisy")
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Every field of a clip_pretrain config, with the embedded default's values."""
-    config = ml_collections.ConfigDict()
-    config.stage = "clip_pretrain"
-    config.dataset = "nml_fashion_mnist"  # An embedded image set, or 'tfrecord' with config.shards.
-    config.data_dir = None
-    config.train_split = "train"
-    config.shards = None  # Glob of TFRecord shards (`jpg`, `txt`) when dataset == 'tfrecord'.
-    config.caption_seed = 0  # Template and synonym draws of the synthetic captions.
-    config.noise = config_lib.noise_block("caption_swap", 0.0, 0)
-    config.seed = 0
-    config.model = clip.model_config("small")
-    config.tokenizer_texts = None  # Train the BPE on the first N captions (None = all).
-
-    config.input = ml_collections.ConfigDict()
-    config.input.batch_size = 128
-    config.input.eval_batch_size = 500
-    config.input.pp_train = "to_float|normalize(0.2860, 0.3530)"
-    config.input.pp_eval = "to_float|normalize(0.2860, 0.3530)"
-    config.input.shuffle_buffer = 10_000  # Streamed shards only.
-
-    config.total_epochs = 2.0
-    config.total_steps = None
-    config.warmup_epochs = 0.1
-    config.warmup_steps = None
-    config.optimizer = pretrain.optimizer_block("adamw", lr=1e-3, weight_decay=0.1, b2=0.98)
-    config.zero_shot = ml_collections.ConfigDict(
-        {"dataset": "nml_fashion_mnist", "split": "test", "data_dir": None}
-    )
-    config.log_every_steps = 50
-    config.ckpt_every_steps = 500
-    config.keep_checkpoints = 2
-    config.fsdp = False
-    config.num_devices = None
-    config.init_from = None
-    return config
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first invalid key of a clip_pretrain config."""
-    config_lib.check_choice("stage", config.stage, ["clip_pretrain"])
     config_lib.check_choice("noise.kind", config.noise.kind, ["caption_swap"])
-    config_lib.check_range("noise.ratio", config.noise.ratio, 0.0, 1.0, high_open=True)
+    noise.check_ratio(config.noise.ratio)
     config_lib.check_choice("model.dtype", config.model.dtype, ["float32", "bfloat16"])
     for key in ("embed_dim", "text.vocab_size", "text.context_length", "text.width", "text.depth"):
         node = config.model
@@ -92,20 +46,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise config_lib.ConfigError(
             "config.dataset='tfrecord' needs config.shards, a glob such as 'gs://b/yfcc15m/*.tfrecord'."
         )
-    pretrain.validate_training(config)
-
-
-def clip_loss(image: jax.Array, text: jax.Array, scale: jax.Array) -> jax.Array:
-    """Symmetric InfoNCE over the batch.
-
-    With L = s * I T^T (N x N, rows: images, columns: texts, pair i on the diagonal):
-    loss = (1 / 2N) sum_i [ -log softmax(L_i.)_i - log softmax(L_.i)_i ].
-    """
-    logits = scale * jnp.matmul(image, text.T, precision=jax.lax.Precision.HIGHEST)
-    labels = jnp.arange(logits.shape[0])
-    rows = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    cols = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
-    return 0.5 * (jnp.mean(rows) + jnp.mean(cols))
+    trainer.validate(config)
 
 
 def retrieval_counts(
@@ -125,21 +66,6 @@ def retrieval_counts(
     }
 
 
-def create_state(model, tx, image_shape, context_length: int, rng: jax.Array):
-    """A fresh pretrain.TrainState of `model`."""
-    init_rng, train_rng = jax.random.split(rng)
-    tokens = jnp.ones((1, context_length), jnp.int32)
-    variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), tokens)
-    params = variables["params"]
-    return pretrain.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-        rng=train_rng,
-    )
-
-
 def make_train_step(model, tx, schedule):
     """(state, batch{'image', 'tokens', 'is_noisy'}) -> (state, metrics) for one contrastive step."""
 
@@ -152,7 +78,7 @@ def make_train_step(model, tx, schedule):
                 train=True,
                 mutable=["batch_stats"],
             )
-            return clip_loss(image, text, scale), (image, text, scale, updates)
+            return losses.info_nce(image, text, scale), (image, text, scale, updates)
 
         (loss, (image, text, scale, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
@@ -188,16 +114,16 @@ def class_embeddings(model, variables, tokens: np.ndarray, num_classes: int) -> 
 
     `tokens` holds C * T prompt rows, class-major.
     """
-    text = clip.l2_normalize(model.apply(variables, tokens, method=clip.CLIP.encode_text))
+    text = losses.l2_normalize(model.apply(variables, tokens, method=clip.CLIP.encode_text))
     text = text.reshape(num_classes, -1, text.shape[-1])
-    return clip.l2_normalize(jnp.mean(text, axis=1))
+    return losses.l2_normalize(jnp.mean(text, axis=1))
 
 
 def make_zero_shot_step(model):
     """(variables, classes [C, E], batch) -> masked count of argmax_c <image, class_c> == label."""
 
     def step(variables, classes, batch):
-        image = clip.l2_normalize(
+        image = losses.l2_normalize(
             model.apply(variables, batch["image"], method=clip.CLIP.encode_image)
         )
         pred = jnp.argmax(image @ classes.T, axis=-1)
@@ -240,8 +166,10 @@ def zero_shot_accuracy(model, state, tok, config, mesh) -> dict[str, float]:
         batch = parallel.to_global({k: batch[k] for k in ("image", "label", "mask")}, mesh)
         for key, value in jax.device_get(step(variables, classes, batch)).items():
             totals[key] += float(value)
+    accuracy = totals["correct"] / max(totals["count"], 1.0)
+    logging.info("Zero-shot accuracy on %s: %.4f", config.zero_shot.dataset, accuracy)
     return {
-        "zero_shot_accuracy": totals["correct"] / max(totals["count"], 1.0),
+        "zero_shot_accuracy": accuracy,
         "zero_shot_examples": totals["count"],
     }
 
@@ -278,28 +206,6 @@ def _image_shape(config) -> tuple[int, ...]:
     return tuple(int(d) for d in first["image"].shape[1:])
 
 
-def _log_train(writer, progress, step: int, pending: list[dict]) -> dict[str, float]:
-    """Fetches the metrics since the last log, checks the loss and writes them."""
-    fetched = jax.device_get(pending)
-    losses = np.array([m["loss"] for m in fetched])
-    bad = metrics.first_non_finite(losses)
-    if bad is not None:
-        metrics.check_finite(step - len(losses) + 1 + bad, "Training loss", float(losses[bad]))
-    sums = {k: float(sum(m[k] for m in fetched)) for k in _COUNT_KEYS}
-    scalars = {
-        "train_loss": float(losses.mean()),
-        "learning_rate": float(fetched[-1]["lr"]),
-        "scale": float(fetched[-1]["scale"]),
-        **progress.update(step),
-    }
-    if sums["n_clean"]:
-        scalars["train_i2t_clean"] = sums["hit_clean"] / sums["n_clean"]
-    if sums["n_noisy"]:
-        scalars["train_i2t_noisy"] = sums["hit_noisy"] / sums["n_noisy"]
-    writer.write(step, scalars)
-    return scalars
-
-
 def train(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -320,9 +226,8 @@ def train(
        'resumed_from', 'trained_steps'}.
     """
     validate(config)
-    start_time = time.perf_counter()
     if tok.vocab_size > config.model.text.vocab_size:
-        raise ValueError(
+        raise config_lib.ConfigError(
             f"The tokenizer has {tok.vocab_size} ids; config.model.text.vocab_size="
             f"{config.model.text.vocab_size} is too small."
         )
@@ -330,76 +235,37 @@ def train(
     parallel.check_global_batch(config.input.batch_size, mesh)
     parallel.check_global_batch(config.input.eval_batch_size, mesh, "input.eval_batch_size")
     num_pairs = len(pairs["is_noisy"])
-    _, total_steps, warmup_steps = pretrain._schedule_steps(config, num_pairs)
+    _, total_steps, warmup_steps = trainer.schedule_steps(config, num_pairs)
     model = clip.build(config.model, tok.pad_id)
-    schedule = pretrain.learning_rate_schedule(config.optimizer.lr, total_steps, warmup_steps)
-    tx = pretrain.make_optimizer(config.optimizer, schedule)
+    schedule = trainer.learning_rate_schedule(config.optimizer.lr, total_steps, warmup_steps)
+    tx = trainer.make_optimizer(config.optimizer, schedule)
     image_shape = _image_shape(config)
-    if parallel.is_main_process():
-        pretrain._write_json(
-            os.path.join(workdir, MODEL_FILE),
-            {
-                "kind": "clip",
-                "input_shape": image_shape,
-                "pad_id": tok.pad_id,
-                "config": json.loads(config_lib.to_json(config)),
-            },
-        )
-    context = config.model.text.context_length
-    ckpt, start_step, state, shardings = pretrain.start_state(
-        config, workdir, mesh, lambda r: create_state(model, tx, image_shape, context, r)
+    encoders.write_card(workdir, "clip", config, image_shape, pad_id=tok.pad_id)
+    logging.info("CLIP pairs: %d (%d swapped).", num_pairs, int(np.sum(pairs["is_noisy"])))
+    example = (
+        jnp.zeros((1, *image_shape), jnp.float32),
+        jnp.ones((1, config.model.text.context_length), jnp.int32),
     )
-    summary_path = os.path.join(workdir, SUMMARY_FILE)
-    finished = pretrain.finished_run(ckpt, summary_path, state, start_step, total_steps)
-    if finished:
-        return finished
+    recipe = trainer.Recipe(
+        name="CLIP",
+        create_state=lambda rng: trainer.create_state(model, tx, example, rng),
+        train_step=make_train_step(model, tx, schedule),
+        batches=lambda start: _train_iterator(config, pairs, start),
+        rates=retrieval_rates,
+        finish=lambda state: zero_shot_accuracy(model, state, tok, config, mesh),
+        summary_file=SUMMARY_FILE,
+    )
+    return trainer.train(config, workdir, mesh, recipe, total_steps)
 
-    train_step = jax.jit(
-        make_train_step(model, tx, schedule),
-        in_shardings=(shardings, parallel.data_sharding(mesh)),
-        out_shardings=(shardings, parallel.replicated(mesh)),
-        donate_argnums=0,
-    )
-    writer = metrics.MetricWriter(workdir, enabled=parallel.is_main_process())
-    progress = metrics.Progress(total_steps, config.input.batch_size, first_step=start_step)
-    batches = _train_iterator(config, pairs, start_step)
-    logging.info(
-        "CLIP training for %d steps (from %d) on %d pairs (%d swapped), batch %d on %d devices.",
-        total_steps,
-        start_step,
-        num_pairs,
-        int(np.sum(pairs["is_noisy"])),
-        config.input.batch_size,
-        mesh.devices.size,
-    )
-    pending: list[dict[str, jax.Array]] = []
-    summary: dict[str, float] = {}
-    for step in range(start_step + 1, total_steps + 1):
-        state, step_metrics = train_step(state, parallel.to_global(next(batches), mesh))
-        pending.append(step_metrics)
-        if config_lib.itstime(step, config.log_every_steps, total_steps):
-            summary.update(_log_train(writer, progress, step, pending))
-            pending = []
-        if config_lib.itstime(step, config.ckpt_every_steps, total_steps):
-            ckpt.save(step, state)
-    ckpt.close()
-    results = zero_shot_accuracy(model, state, tok, config, mesh)
-    writer.write(total_steps, results)
-    writer.close()
-    logging.info(
-        "Zero-shot accuracy on %s: %.4f", config.zero_shot.dataset, results["zero_shot_accuracy"]
-    )
-    summary.update(results, step=total_steps, wall_seconds=time.perf_counter() - start_time)
-    if parallel.is_main_process():
-        pretrain._write_json(summary_path, summary)
-    return {
-        "state": state,
-        "step": total_steps,
-        "summary": summary,
-        "history": writer.history,
-        "resumed_from": start_step,
-        "trained_steps": total_steps - start_step,
-    }
+
+def retrieval_rates(sums: dict[str, float], last: dict[str, float]) -> dict[str, float]:
+    """The logged scalars of a contrastive run: the temperature's scale and in-batch retrieval rates."""
+    out = {"scale": float(last["scale"])}
+    if sums["n_clean"]:
+        out["train_i2t_clean"] = sums["hit_clean"] / sums["n_clean"]
+    if sums["n_noisy"]:
+        out["train_i2t_noisy"] = sums["hit_noisy"] / sums["n_noisy"]
+    return out
 
 
 def _shared_tokenizer(config, workdir: str, texts: list[str]) -> tokenizer_lib.Tokenizer:
@@ -418,7 +284,7 @@ def _shared_tokenizer(config, workdir: str, texts: list[str]) -> tokenizer_lib.T
 
 def build_pairs(config, workdir: str) -> tuple[dict[str, Any], tokenizer_lib.Tokenizer]:
     """The training pairs (captions swapped as noise.npz says) and the tokenizer."""
-    from nml_jax import data, noise
+    from nml_jax import data
     from nml_jax.data import captions
 
     if config.dataset == TFRECORD:
@@ -453,56 +319,3 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     validate(config)
     pairs, tok = build_pairs(config, workdir)
     return train(config, workdir, pairs, tok)
-
-
-def is_clip_workdir(workdir: str) -> bool:
-    """Whether `workdir`'s model.json says it holds a CLIP checkpoint."""
-    path = os.path.join(workdir, MODEL_FILE)
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return json.load(f).get("kind") == "clip"
-
-
-class ClipEncoder(pretrain.Encoder):
-    """The frozen image tower of a CLIP checkpoint; `features` are its (unnormalised) image embeddings.
-
-    Same interface as pretrain.Encoder (`features`, `feature_dim`, `input_shape`, `config`, `fingerprint`, `step`).
-    """
-
-    def __init__(self, config, variables, step: int, workdir: str, input_shape, pad_id: int):
-        self.config = config
-        self.step = step
-        self.input_shape = tuple(input_shape)
-        self._model = clip.build(config.model, pad_id)
-        self._variables = jax.device_put(variables)
-        self._apply = jax.jit(lambda v, x: self._model.apply(v, x, method=clip.CLIP.encode_image))
-        self.feature_dim = int(config.model.embed_dim)
-        blob = json.dumps(
-            [os.path.realpath(workdir), step, config.to_dict()], sort_keys=True, default=repr
-        )
-        self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def restore_encoder(workdir: str) -> ClipEncoder:
-    """The image encoder of the newest checkpoint in a clip_pretrain `workdir`.
-
-    Raises:
-      FileNotFoundError: no model.json or checkpoint, or model.json is not a CLIP model's.
-    """
-    path = os.path.join(workdir, MODEL_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist; {workdir!r} is not a CLIP workdir.")
-    with open(path) as f:
-        model_info = json.load(f)
-    if model_info.get("kind") != "clip":
-        raise FileNotFoundError(
-            f"{workdir!r} holds a supervised model; use pretrain.restore_encoder."
-        )
-    config = ml_collections.ConfigDict(model_info["config"])
-    step, raw = checkpoint.restore_raw(workdir)
-    variables = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}
-    variables = jax.tree.map(np.asarray, variables)
-    return ClipEncoder(
-        config, variables, step, workdir, model_info["input_shape"], model_info["pad_id"]
-    )

@@ -7,6 +7,9 @@ typed variants, e.g. `configs/pretrain.py:noise=0.1,smoke`, parsed by `parse_arg
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
+import hashlib
 import json
 import math
 import os
@@ -18,6 +21,24 @@ import ml_collections
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the key, the value and what was expected."""
+
+
+_PREFIX = contextvars.ContextVar("config_prefix", default="")
+
+
+@contextlib.contextmanager
+def nested(block: str):
+    """Checks inside this context name their keys within `block`, e.g. `pretrain.model.name`."""
+    token = _PREFIX.set(f"{_PREFIX.get()}{block}.")
+    try:
+        yield
+    finally:
+        _PREFIX.reset(token)
+
+
+def key_name(name: str) -> str:
+    """`name` with the enclosing blocks of `nested`, as the command line spells it (without `config.`)."""
+    return _PREFIX.get() + name
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -88,7 +109,9 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
     """Raises ConfigError unless `value` is one of `allowed`."""
     allowed = list(allowed)
     if value not in allowed:
-        raise ConfigError(f"config.{name}={value!r} is not valid; expected one of {allowed}.")
+        raise ConfigError(
+            f"config.{key_name(name)}={value!r} is not valid; expected one of {allowed}."
+        )
 
 
 def check_range(
@@ -103,13 +126,16 @@ def check_range(
     if not ok:
         left, right = "(" if low_open else "[", ")" if high_open else "]"
         raise ConfigError(
-            f"config.{name}={value!r} is not valid; expected a number in {left}{low}, {high}{right}."
+            f"config.{key_name(name)}={value!r} is not valid; expected a number in "
+            f"{left}{low}, {high}{right}."
         )
 
 
 def check_positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"config.{name}={value!r} is not valid; expected a positive integer.")
+        raise ConfigError(
+            f"config.{key_name(name)}={value!r} is not valid; expected a positive integer."
+        )
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -117,20 +143,49 @@ def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=repr)
 
 
+# Keys that change how a run is watched or laid out, never what it computes: not part of a fingerprint.
+NOT_FINGERPRINTED = (
+    "stage",
+    "title",
+    "log_every_steps",
+    "ckpt_every_steps",
+    "eval_every_steps",
+    "keep_checkpoints",
+    "num_devices",
+    "fsdp",
+    "distributed",
+    "overwrite",
+    "feature_cache_dir",
+    "feature_chunk_size",
+)
+
+
+def fingerprint(config: ml_collections.ConfigDict | dict) -> str:
+    """A short hash of every field of `config` that decides its result (all but NOT_FINGERPRINTED, at any depth)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in NOT_FINGERPRINTED}
+        return value
+
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    blob = json.dumps(strip(as_dict), sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes `<workdir>/config.json` and returns its path."""
-    os.makedirs(workdir, exist_ok=True)
+    from nml_jax import files
+
     path = os.path.join(workdir, "config.json")
-    with open(path + ".tmp", "w") as f:
-        f.write(to_json(config) + "\n")
-    os.replace(path + ".tmp", path)
+    files.write_text(path, to_json(config) + "\n")
     return path
 
 
 def steps_for(total: int | None, epochs: float | None, steps_per_epoch: int, name: str) -> int:
-    """Turns a duration given as `total_steps` or `total_epochs` into steps (exactly one must be set)."""
-    if (total is None) == (epochs is None):
-        raise ConfigError(f"Set exactly one of config.{name}_steps and config.{name}_epochs.")
+    """Turns a duration given as `total_steps` or `total_epochs` into steps (steps take precedence)."""
+    if total is None and epochs is None:
+        raise ConfigError(f"Set config.{name}_steps or config.{name}_epochs.")
     if total is not None:
         return int(total)
     return max(1, round(float(epochs) * steps_per_epoch))
@@ -139,19 +194,6 @@ def steps_for(total: int | None, epochs: float | None, steps_per_epoch: int, nam
 def itstime(step: int, every: int | None, total: int, *, last: bool = True) -> bool:
     """Whether periodic work (logging, checkpointing) is due after `step` (1-based) of `total`."""
     return bool((every and step % every == 0) or (last and step == total))
-
-
-def noise_block(
-    kind: str = "symmetric", ratio: float = 0.0, seed: int = 0
-) -> ml_collections.ConfigDict:
-    """The `noise` sub-config shared by the noise, pretrain, clip_pretrain and study configs.
-
-    kind: none | symmetric | asymmetric | matrix | caption_swap; ratio in [0, 1); seed picks the corrupted
-    examples; pairs (class -> class map) for asymmetric; matrix (C x C row-stochastic) for matrix.
-    """
-    return ml_collections.ConfigDict(
-        {"kind": kind, "ratio": ratio, "seed": seed, "pairs": None, "matrix": None}, type_safe=False
-    )
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -166,9 +208,3 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(module)
     return module.get_config(arg or None)
-
-
-def load_sibling(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config(arg)` of another file in the same configs/ folder as `config_file` (not the working dir)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
-    return load_config(f"{path}:{arg}" if arg else path)

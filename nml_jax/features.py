@@ -1,4 +1,4 @@
-"""Frozen features for downstream tasks (stage `features`).
+"""Stage `features`: frozen features of every downstream split, cached on disk, or read from an .npz file.
 
 The frozen encoder runs once per downstream split (and once per augmented view for a view bank); features and
 labels are cached on disk, keyed by checkpoint, dataset, split and preprocessing, so the tuning loop never runs
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from nml_jax import data, parallel, tasks
+from nml_jax import config_lib, data, defaults, encoders, files, parallel, tasks
 
 
 class FeatureFileError(ValueError):
@@ -194,20 +195,11 @@ def save_npz(path: str, task_features: list[TaskFeatures]) -> None:
         if t.kind == "ood":
             for domain, (feats, labels) in t.tests.items():
                 arrays[f"ood_{domain}_features"], arrays[f"ood_{domain}_labels"] = feats, labels
-    _atomic_savez(path, arrays)
+    files.write_npz(path, arrays)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Features from the project's own encoders, cached on disk.
-
-
-def restore_encoder(workdir: str):
-    """The frozen encoder of a pre-training workdir: supervised (pretrain) or CLIP (clip_pretrain)."""
-    from nml_jax import clip_pretrain, pretrain
-
-    if clip_pretrain.is_clip_workdir(workdir):
-        return clip_pretrain.restore_encoder(workdir)
-    return pretrain.restore_encoder(workdir)
 
 
 def view_augment(
@@ -259,13 +251,6 @@ def cache_key(
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def encode(encoder, images: np.ndarray, chunk: int) -> np.ndarray:
@@ -323,7 +308,7 @@ def domain_features(
             time.time() - start,
         )
         if parallel.is_main_process():
-            _atomic_savez(path, {"features": feats, "labels": labels})
+            files.write_npz(path, {"features": feats, "labels": labels})
         stacked.append(feats)
     return np.stack(stacked), labels
 
@@ -347,3 +332,86 @@ def task_features(encoder, task: tasks.Task, num_classes: int, **kwargs) -> Task
         num_classes,
         sources,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage.
+
+
+def validate(config) -> None:
+    """Raises ConfigError naming the first invalid key of the settings that choose the features."""
+    config_lib.check_choice("suite", config.suite, defaults.SUITES)
+    if config.get("train_limit") is not None:
+        config_lib.check_positive_int("train_limit", config.train_limit)
+    config_lib.check_positive_int("feature_chunk_size", config.feature_chunk_size)
+    if config.views.count:
+        config_lib.check_positive_int("views.count", config.views.count)
+    else:
+        config_lib.check_choice("views.count", config.views.count, [0])
+    config_lib.check_range("views.max_shift", config.views.max_shift, 0, 64)
+    if config.get("features_npz") and config.get("pretrained"):
+        raise config_lib.ConfigError(
+            "Set one of config.features_npz and config.pretrained, not both."
+        )
+
+
+def suite(config) -> list[tasks.Task]:
+    """The downstream tasks the config names (`config.suite`, with `config.train_limit` for the embedded one)."""
+    if config.suite == "embedded":
+        return tasks.embedded_suite(config.get("train_limit"))
+    return tasks.SUITES[config.suite]()
+
+
+def encoder_source(config, workdir: str) -> str:
+    """The pre-training workdir whose checkpoint is the encoder: `config.pretrained` or this workdir."""
+    return config.get("pretrained") or workdir
+
+
+def load_task_features(config, workdir: str) -> tuple[list[TaskFeatures], dict[str, Any]]:
+    """Features of every task, and what identifies them (`noise_ratio`, `seed`, `source`) for results rows.
+
+    For an encoder, the noise ratio and seed are those of the model card of the model that made the features.
+    """
+    npz = config.get("features_npz")
+    if npz:
+        paths = [npz] if isinstance(npz, str) else list(npz)
+        noise_ratio = config.get("noise_ratio")
+        meta = {
+            "noise_ratio": math.nan if noise_ratio is None else noise_ratio,
+            "seed": config.seed,
+            "source": ",".join(paths),
+        }
+        return [t for path in paths for t in load_npz(path)], meta
+    source = encoder_source(config, workdir)
+    encoder = encoders.restore(source)
+    cache_dir = config.get("feature_cache_dir") or os.path.join(source, "features")
+    view_spec = config.views.to_dict()
+    num_views = view_spec.pop("count")
+    per_task = [
+        task_features(
+            encoder,
+            task,
+            data.num_classes(task.train.dataset, data_dir=config.get("data_dir")),
+            cache_dir=cache_dir,
+            data_dir=config.get("data_dir"),
+            chunk_size=config.feature_chunk_size,
+            views=num_views,
+            view_spec=view_spec,
+        )
+        for task in suite(config)
+    ]
+    meta = {
+        "noise_ratio": float(encoder.card["noise_ratio"]),
+        "seed": int(encoder.card["seed"]),
+        "source": encoder.fingerprint,
+    }
+    return per_task, meta
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    """Stage `features`: extract (or find cached) features for every task of the suite."""
+    task_features, meta = load_task_features(config, workdir)
+    for t in task_features:
+        shapes = {d: f.shape for d, (f, _) in t.tests.items()}
+        print(f"{t.name}: train views {t.train_views.shape}, tests {shapes}")
+    return {"task_features": task_features, "meta": meta}

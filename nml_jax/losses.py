@@ -1,4 +1,5 @@
-"""Transfer losses: cross-entropy and the NMTune regularisers, as small pure functions.
+"""Every loss of the project as a small pure function: cross-entropy (with label smoothing), the symmetric
+InfoNCE of CLIP, and the NMTune regularisers.
 
 NMTune (Chen et al., ICLR 2024) tunes a residual MLP on frozen features with
 
@@ -29,6 +30,14 @@ def _row_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     return mask.astype(jnp.float32)
 
 
+def smoothed_cross_entropy(
+    logits: jax.Array, labels: jax.Array, smoothing: float = 0.0
+) -> jax.Array:
+    """Per-example -sum_c q_c log softmax(z)_c, with q = (1 - eps) onehot(y) + eps / C."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Mean softmax cross-entropy over valid rows.
 
@@ -37,6 +46,19 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None =
     m = _row_mask(logits, mask)
     per_row = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.sum(per_row * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def info_nce(image: jax.Array, text: jax.Array, scale: jax.Array) -> jax.Array:
+    """Symmetric InfoNCE over the batch (CLIP).
+
+    With L = s * I T^T (N x N, rows: images, columns: texts, pair i on the diagonal):
+    loss = (1 / 2N) sum_i [ -log softmax(L_i.)_i - log softmax(L_.i)_i ].
+    """
+    logits = scale * jnp.matmul(image, text.T, precision=jax.lax.Precision.HIGHEST)
+    labels = jnp.arange(logits.shape[0])
+    rows = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    cols = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
+    return 0.5 * (jnp.mean(rows) + jnp.mean(cols))
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:

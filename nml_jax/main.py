@@ -1,7 +1,8 @@
 """Entry point: `python -m nml_jax.main --config=configs/<name>.py[:variant] --workdir=DIR`.
 
-Parses the config, sets up processes (multi-host when asked), writes `<workdir>/config.json` and dispatches
-on `config.stage` to that stage's `run(config, workdir)`.
+Parses the config, validates it with the stage's `validate(config)` before any work, sets up processes
+(multi-host when asked), writes `<workdir>/config.json` and calls the stage's `run(config, workdir)`. Each stage
+is the module of the same name in nml_jax.
 """
 
 from __future__ import annotations
@@ -20,18 +21,18 @@ from ml_collections import config_flags
 
 from nml_jax import config_lib
 
-# Stage name -> 'module:function' that runs it as function(config, workdir).
-STAGES = {
-    "noise": "nml_jax.noise:run",
-    "pretrain": "nml_jax.pretrain:run",
-    "clip_pretrain": "nml_jax.clip_pretrain:run",
-    "features": "nml_jax.downstream:run_features",
-    "analyze": "nml_jax.downstream:run_analyze",
-    "transfer": "nml_jax.downstream:run_transfer",
-    "nmtune": "nml_jax.study:run_nmtune",
-    "nmtune_text": "nml_jax.study:run_nmtune_text",
-    "study": "nml_jax.study:run_study",
-}
+# Pipeline order; stage `s` is the module nml_jax.<s>, with `validate(config)` and `run(config, workdir)`.
+STAGES = (
+    "noise",
+    "pretrain",
+    "clip_pretrain",
+    "features",
+    "analyze",
+    "transfer",
+    "nmtune",
+    "nmtune_text",
+    "study",
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/nmtune.py:smoke.", lock_config=True
@@ -46,27 +47,26 @@ class _QuietLibraries(pylogging.Filter):
         return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
 
 
-def stage_fn(stage: str):
-    """The `run(config, workdir)` function of `stage`; a ConfigError lists the known stages."""
-    config_lib.check_choice("stage", stage, sorted(STAGES))
-    module, _, fn = STAGES[stage].partition(":")
-    return getattr(importlib.import_module(module), fn or "run")
+def stage_module(config):
+    """The module of `config.stage`, after its `validate(config)` passed; a ConfigError names the bad key."""
+    if "stage" not in config:
+        raise config_lib.ConfigError(f"The config has no `stage`; expected one of {list(STAGES)}.")
+    config_lib.check_choice("stage", config.stage, STAGES)
+    module = importlib.import_module(f"nml_jax.{config.stage}")
+    module.validate(config)
+    return module
 
 
 def run(config, workdir: str):
-    """Runs `config.stage` in `workdir` and returns what the stage returns."""
-    if "stage" not in config:
-        raise config_lib.ConfigError(
-            f"The config has no `stage`; expected one of {sorted(STAGES)}."
-        )
-    stage_run = stage_fn(config.stage)
+    """Validates `config`, then runs `config.stage` in `workdir` and returns what the stage returns."""
+    stage = stage_module(config)
     from nml_jax import parallel
 
     parallel.initialize(config.get("distributed", None))
     if parallel.is_main_process():
         config_lib.write_config(config, workdir)
     parallel.log_topology()
-    return stage_run(config, workdir)
+    return stage.run(config, workdir)
 
 
 def main(argv):

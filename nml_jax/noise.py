@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from nml_jax import config_lib
+from nml_jax import config_lib, defaults, files
 
-KINDS = ("none", "symmetric", "asymmetric", "matrix", "caption_swap")
 NOISE_FILE = "noise.npz"
 
 # Default class pairings for asymmetric noise: visually similar classes, as in the noisy-label literature.
@@ -173,7 +172,9 @@ def make_label_noise(
 ) -> dict[str, np.ndarray]:
     """Corrupts `labels` as `noise_config` asks; returns the arrays saved in noise.npz."""
     kind = noise_config.kind
-    config_lib.check_choice("noise.kind", kind, [k for k in KINDS if k != "caption_swap"])
+    config_lib.check_choice(
+        "noise.kind", kind, [k for k in defaults.NOISE_KINDS if k != "caption_swap"]
+    )
     ratio = 0.0 if kind == "none" else check_ratio(noise_config.ratio)
     rng = np.random.default_rng(noise_config.seed)
     labels = np.asarray(labels, dtype=np.int64)
@@ -228,9 +229,7 @@ def settings_key(config: Any) -> str:
 
 
 def save(result: dict[str, np.ndarray], path: str, key: str) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, settings_key=np.array(key), **result)
-    os.replace(tmp, path)
+    files.write_npz(path, {"settings_key": np.array(key), **result})
 
 
 def load(path: str) -> dict[str, np.ndarray]:
@@ -274,6 +273,16 @@ def load_or_make(
         save(result, path, key)
     result["settings_key"] = np.array(key)
     return result
+
+
+def validate(config: Any) -> None:
+    """Raises ConfigError naming the first invalid key of a noise config."""
+    config_lib.check_choice("noise.kind", config.noise.kind, defaults.NOISE_KINDS)
+    check_ratio(config.noise.ratio)
+    if not isinstance(config.dataset, str) or not config.dataset:
+        raise config_lib.ConfigError(
+            f"config.dataset={config.dataset!r} is not valid; expected a dataset name."
+        )
 
 
 def run(config: Any, workdir: str) -> dict[str, Any]:

@@ -12,9 +12,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from nml_jax import files
+from nml_jax.defaults import METHODS
 from nml_jax.results import Row
 
-METHODS = ("lp", "mlp", "nmtune")
 METHOD_NAMES = {"lp": "LP", "mlp": "MLP", "nmtune": "NMTune"}
 # Rows of black-box features carry no pre-training noise ratio (NaN in results.csv); NaN never equals itself,
 # so the report groups them under this key and prints it as "–".
@@ -193,9 +194,7 @@ def spectrum_table(spectra: dict[tuple[float, int], dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(
-    rows: list[Row], spectra, title: str, figures: Iterable[str] = (), notes: str = ""
-) -> str:
+def markdown(rows: list[Row], spectra, title: str, figures: Iterable[str] = ()) -> str:
     """The whole report.md."""
     seeds = sorted({r.seed for r in rows})
     parts = [
@@ -234,8 +233,6 @@ def markdown(
     ]
     for fig in figures:
         parts.append(f"![{os.path.splitext(os.path.basename(fig))[0]}]({fig})")
-    if notes:
-        parts += ["", notes]
     return "\n".join(parts) + "\n"
 
 
@@ -264,3 +261,13 @@ def plot_accuracy_vs_noise(rows: list[Row], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+REPORT_FILE = "report.md"
+
+
+def write(workdir: str, rows: list[Row], spectra, title: str, figures: Iterable[str] = ()) -> str:
+    """Writes `<workdir>/report.md` (figures given relative to the workdir) and returns its text."""
+    text = markdown(rows, spectra, title, figures=figures)
+    files.write_text(os.path.join(workdir, REPORT_FILE), text)
+    return text

@@ -87,17 +87,11 @@ def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Toke
     return Tokenizer(tok)
 
 
-def load_or_train(
-    workdir: str, texts: Iterable[str], vocab_size: int, *, write: bool = True
-) -> Tokenizer:
-    """`<workdir>/tokenizer.json` when it exists (a resumed run), else a new one trained on `texts` and saved.
-
-    `write=False` (processes other than 0) trains the same tokenizer without writing it.
-    """
+def load_or_train(workdir: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """`<workdir>/tokenizer.json` when it exists (a resumed run), else a new one trained on `texts` and saved."""
     path = os.path.join(workdir, FILE_NAME)
     if os.path.exists(path):
         return Tokenizer.load(path)
     result = train(texts, vocab_size)
-    if write:
-        result.save(path)
+    result.save(path)
     return result

@@ -1,421 +1,179 @@
-"""LP, MLP and NMTune heads trained on device-resident cached features.
+"""Stage `transfer`: LP, MLP and NMTune heads on the frozen features of every ID and OOD task.
 
-`fit` puts the features on the mesh once (rows sharded over `data`) and runs the whole training, all epochs,
-inside one jitted pair of nested `lax.scan`s; nothing leaves the device until the end. The recipe is the
-official NMTune one: AdamW (betas 0.9/0.999, eps 1e-8, decoupled weight decay on every parameter), a per-step
-cosine decay to 0 without warmup, batch 64, 30 epochs (`default_config`).
-
-Batches: each epoch draws a permutation from (seed, epoch) and cuts it into ceil(N / B) batches of B rows;
-the last batch is padded with masked rows, so every example is used once per epoch exactly as PyTorch's
-`drop_last=False` does: every loss term and the BatchNorm statistics see only the real rows of a short batch.
-
-Views: `train_views` is a [V, N, D] bank of V views of every example. NMTune and the MLP baseline take two
-views per example and step: with V == 1 both are view 0; with V >= 2, two different views drawn uniformly
-from (seed, step). LP trains on view 0 only, which should hold the un-augmented features.
+Features come from features.load_task_features (an encoder's cached features, or black-box .npz files); each
+method is fitted once per training set (tuning.fit) and scored on every test set of the tasks trained on it.
+Writes results.csv (the workdir contract), spectrum.json (analyze) and report.md; a finished run whose
+fingerprint matches is read back instead of trained again.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
-from collections.abc import Callable
+import hashlib
+import json
+import os
+import time
 from typing import Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from absl import logging
 
-from nml_jax import config_lib, losses, parallel
-from nml_jax.models import heads
+from nml_jax import (
+    analyze,
+    config_lib,
+    defaults,
+    features,
+    files,
+    parallel,
+    report,
+    results,
+    spectrum,
+    tuning,
+)
 
-METHODS = ("lp", "mlp", "nmtune")
-OPTIMIZERS = ("adamw",)
-# Independent random streams derived from config.seed.
-_INIT_STREAM, _SHUFFLE_STREAM, _VIEW_STREAM = 0, 1, 2
-
-
-def default_config(method: str) -> ml_collections.ConfigDict:
-    """The official defaults for `method` ('lp', 'mlp' or 'nmtune'); configs/* start from these."""
-    config_lib.check_choice("method", method, METHODS)
-    config = ml_collections.ConfigDict()
-    config.optimizer = "adamw"
-    config.lr = 1e-2 if method == "lp" else 1e-3
-    config.weight_decay = 1e-4
-    config.batch_size = 64
-    config.epochs = 30
-    config.seed = 0
-    config.eval_batch_size = 1024
-    if method != "lp":
-        config.mlp_ratio = 4.0
-        config.depth = 1
-        config.residual = True
-        config.scale_init = 1.0
-    if method == "nmtune":
-        config.consistency_weight = 1.0
-        config.covariance_weight = 0.04
-        config.svd_weight = 0.001
-        config.svd_top_k = 5
-    return config
+RESULTS_FILE = "results.csv"
+DONE_FILE = "transfer_done.json"
 
 
-def check_config(method: str, config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError naming the first invalid setting of a `method` config."""
-    config_lib.check_choice("method", method, METHODS)
-    config_lib.check_choice("optimizer", config.optimizer, OPTIMIZERS)
-    config_lib.check_range("lr", config.lr, 0.0, math.inf, low_open=True, high_open=True)
-    config_lib.check_range("weight_decay", config.weight_decay, 0.0, math.inf, high_open=True)
-    for name in ("batch_size", "epochs", "eval_batch_size"):
-        config_lib.check_positive_int(name, config[name])
-    if not isinstance(config.seed, int) or isinstance(config.seed, bool):
-        raise config_lib.ConfigError(f"config.seed={config.seed!r} is not valid; expected an int.")
-    if method == "lp":
-        return
-    config_lib.check_range(
-        "mlp_ratio", config.mlp_ratio, 0.0, math.inf, low_open=True, high_open=True
-    )
-    config_lib.check_positive_int("depth", config.depth)
-    config_lib.check_choice("residual", config.residual, (True, False))
-    config_lib.check_range("scale_init", config.scale_init, -math.inf, math.inf)
-    if method == "nmtune":
-        for name in ("consistency_weight", "covariance_weight", "svd_weight"):
-            config_lib.check_range(name, config[name], 0.0, math.inf, high_open=True)
-        config_lib.check_positive_int("svd_top_k", config.svd_top_k)
-
-
-def make_head(method: str, config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """LinearHead for 'lp', NMTuneHead (from the config's head settings) for 'mlp' and 'nmtune'."""
-    if method == "lp":
-        return heads.LinearHead(num_classes)
-    return heads.NMTuneHead(
-        num_classes,
-        mlp_ratio=config.mlp_ratio,
-        depth=config.depth,
-        residual=config.residual,
-        scale_init=config.scale_init,
-    )
-
-
-def init_variables(model: nn.Module, dim: int, seed: int) -> dict[str, Any]:
-    """The head's initial variables (`params`, and `batch_stats` for the MLP heads) from `seed`."""
-    key = jax.random.fold_in(jax.random.key(seed), _INIT_STREAM)
-    return dict(model.init(key, jnp.zeros((2, dim), jnp.float32), train=False))
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """ceil(N / B): the last, short batch is padded with masked rows."""
-    return -(-num_examples // batch_size)
-
-
-def epoch_batches(
-    seed: int, epoch: jax.Array | int, num_examples: int, batch_size: int
-) -> tuple[jax.Array, jax.Array]:
-    """Example indices [S, B] and validity mask [S, B] of one epoch, shuffled from (seed, epoch).
-
-    The permutation of range(N) is cut into S = ceil(N / B) batches; the S * B - N padding slots point at
-    example 0 and are masked out.
-    """
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SHUFFLE_STREAM), epoch)
-    num_steps = steps_per_epoch(num_examples, batch_size)
-    padding = num_steps * batch_size - num_examples
-    order = jnp.concatenate(
-        [jax.random.permutation(key, num_examples), jnp.zeros(padding, jnp.int32)]
-    ).astype(jnp.int32)
-    mask = jnp.arange(num_steps * batch_size) < num_examples
-    return order.reshape(num_steps, batch_size), mask.reshape(num_steps, batch_size)
-
-
-def draw_views(
-    seed: int, step: jax.Array | int, num_views: int, batch_size: int
-) -> tuple[jax.Array, jax.Array]:
-    """Two view indices [B] per example for global `step`: different views when V >= 2, both 0 when V == 1.
-
-    a ~ U{0..V-1}, b = (a + U{1..V-1}) mod V, from (seed, step).
-    """
-    if num_views == 1:
-        zeros = jnp.zeros(batch_size, jnp.int32)
-        return zeros, zeros
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _VIEW_STREAM), step)
-    key_a, key_b = jax.random.split(key)
-    first = jax.random.randint(key_a, (batch_size,), 0, num_views)
-    offset = jax.random.randint(key_b, (batch_size,), 1, num_views)
-    return first, (first + offset) % num_views
-
-
-# A loss function maps (params, batch_stats, f_view1, f_view2, labels, mask) to
-# (loss, (aux terms, new batch_stats)).
-LossFn = Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
-
-
-def make_loss_fn(method: str, model: nn.Module, config: ml_collections.ConfigDict) -> LossFn:
-    """The training objective of `method` on one batch of B examples in two views.
-
-    lp: CE of view 1. mlp: CE on both views (B rows each, one BatchNorm batch of 2B). nmtune: `nmtune_loss`.
-    """
-
-    def lp_loss(params, batch_stats, f1, f2, labels, mask):
-        del f2
-        ce = losses.cross_entropy(model.apply({"params": params}, f1), labels, mask)
-        return ce, ({"ce": ce, "loss": ce}, batch_stats)
-
-    def two_view_loss(params, batch_stats, f1, f2, labels, mask):
-        both_mask = jnp.concatenate([mask, mask])
-        (logits, z), updates = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            jnp.concatenate([f1, f2]),
-            train=True,
-            mask=both_mask,
-            mutable=["batch_stats"],
-        )
-        if method == "mlp":
-            ce = losses.cross_entropy(logits, jnp.concatenate([labels, labels]), both_mask)
-            aux = {"ce": ce, "loss": ce}
-        else:
-            _, aux = losses.nmtune_loss(
-                logits,
-                z,
-                f1,
-                labels,
-                mask,
-                consistency_weight=config.consistency_weight,
-                covariance_weight=config.covariance_weight,
-                svd_weight=config.svd_weight,
-                k=config.svd_top_k,
-            )
-        return aux["loss"], (aux, updates["batch_stats"])
-
-    return lp_loss if method == "lp" else two_view_loss
-
-
-def make_optimizer(
-    config: ml_collections.ConfigDict, total_steps: int
-) -> optax.GradientTransformation:
-    """AdamW with lr_t = lr * (1 + cos(pi * t / T)) / 2 per step t < T, no warmup (the official cosine_lr)."""
-    schedule = optax.cosine_decay_schedule(config.lr, decay_steps=total_steps, alpha=0.0)
-    return optax.adamw(schedule, weight_decay=config.weight_decay)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedHead:
-    """A fitted head and what its training recorded.
-
-    Attributes:
-      method: 'lp', 'mlp' or 'nmtune'.
-      model: the Flax head.
-      variables: its final variables, replicated on `mesh`.
-      loss_curve: [epochs] mean over each epoch's steps of the training loss.
-      curves: [epochs] curve of every loss term (`ce`, `loss`, and NMTune's `consistency`, `covariance`,
-        `dominant_sv`).
-      num_steps: optimizer steps taken.
-      mesh: the mesh the head lives on.
-      eval_batch_size: batch size `predict` uses by default.
-    """
-
-    method: str
-    model: nn.Module
-    variables: Any
-    loss_curve: np.ndarray
-    curves: dict[str, np.ndarray]
-    num_steps: int
-    mesh: Mesh
-    eval_batch_size: int
-
-
-def _pad_rows(array: np.ndarray, axis: int, multiple: int) -> np.ndarray:
-    """Zero-pads `axis` up to a multiple of `multiple`."""
-    extra = -array.shape[axis] % multiple
-    widths = [(0, 0)] * array.ndim
-    widths[axis] = (0, extra)
-    return np.pad(array, widths)
-
-
-def _to_device(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """A global array from a host array that every process holds in full."""
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
-
-def _check_inputs(views: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
-    if views.ndim != 3:
-        raise ValueError(
-            f"train_views must be [V, N, D], got shape {views.shape}; wrap one view as features[None]."
-        )
-    if labels.shape != (views.shape[1],):
-        raise ValueError(f"train_labels must have shape ({views.shape[1]},), got {labels.shape}.")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"train_labels must be integers, got dtype {labels.dtype}.")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"train_labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]."
-        )
-    if not np.all(np.isfinite(views)):
-        raise ValueError("train_views contains NaN or inf.")
-
-
-def fit(
-    method: str,
-    train_views: Any,
-    train_labels: Any,
-    config: ml_collections.ConfigDict,
-    *,
-    num_classes: int,
-    mesh: Mesh | None = None,
-) -> TrainedHead:
-    """Trains a `method` head on float32 [V, N, D] feature views and [N] integer labels.
-
-    Every process passes the same full arrays. Deterministic: the same inputs and config.seed give the same
-    numbers. Raises ValueError/ConfigError on bad inputs or settings, FloatingPointError on a non-finite loss.
-    """
-    check_config(method, config)
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    parallel.check_global_batch(config.batch_size, mesh)
-    parallel.check_global_batch(config.eval_batch_size, mesh, "eval_batch_size")
-    views = np.asarray(train_views, np.float32)
-    labels = np.asarray(train_labels)
-    _check_inputs(views, labels, num_classes)
-    num_views, num_examples, dim = views.shape
-    if method == "nmtune" and config.svd_top_k > min(2 * config.batch_size, dim):
+def validate(config) -> None:
+    """Raises ConfigError naming the first invalid key: features, centering, methods and every method block."""
+    analyze.validate(config)
+    if not config.methods:
         raise config_lib.ConfigError(
-            f"config.svd_top_k={config.svd_top_k} exceeds min(2 * batch_size, feature dim) = "
-            f"{min(2 * config.batch_size, dim)}."
+            f"config.methods is empty; expected some of {defaults.METHODS}."
         )
-    if method == "lp":
-        views, num_views = views[:1], 1
+    for method in config.methods:
+        config_lib.check_choice("methods", method, defaults.METHODS)
+    for method in defaults.METHODS:
+        with config_lib.nested(f"transfer.{method}"):
+            tuning.validate(method, config.transfer[method])
 
-    num_devices = mesh.devices.size
-    views_on_device = _to_device(
-        _pad_rows(views, 1, num_devices), NamedSharding(mesh, P(None, parallel.DATA_AXIS))
-    )
-    labels_on_device = _to_device(
-        _pad_rows(labels.astype(np.int32), 0, num_devices), parallel.data_sharding(mesh)
-    )
 
-    model = make_head(method, config, num_classes)
-    variables = jax.device_put(init_variables(model, dim, config.seed), parallel.replicated(mesh))
-    num_steps = steps_per_epoch(num_examples, config.batch_size)
-    train = train_program(
-        method,
-        settings_key(config),
-        num_classes,
-        mesh,
-        num_examples=num_examples,
-        num_views=num_views,
-    )
-    variables, curves = train(
-        variables, views_on_device, labels_on_device, jnp.asarray(config.seed, jnp.int32)
-    )
-    curves = {name: np.asarray(value) for name, value in parallel.to_host(curves).items()}
-    bad = np.flatnonzero(~np.isfinite(curves["loss"]))
-    if bad.size:
-        raise FloatingPointError(f"{method} training loss is not finite from epoch {bad[0]} on.")
-    return TrainedHead(
-        method=method,
-        model=model,
-        variables=variables,
-        loss_curve=curves["loss"],
-        curves=curves,
-        num_steps=config.epochs * num_steps,
-        mesh=mesh,
-        eval_batch_size=config.eval_batch_size,
+def _same_training_set(a: features.TaskFeatures, b: features.TaskFeatures) -> bool:
+    return (
+        a.train_domain == b.train_domain
+        and a.num_classes == b.num_classes
+        and np.array_equal(a.train_labels, b.train_labels)
+        and np.array_equal(a.train_views, b.train_views)
     )
 
 
-def settings_key(config: ml_collections.ConfigDict) -> tuple:
-    """The config as a hashable key for the compiled-program cache; the seed is a runtime input instead."""
-    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k != "seed"))
+def transfer_rows(
+    task_features: list[features.TaskFeatures],
+    methods,
+    method_configs,
+    meta: dict[str, Any],
+    mesh=None,
+) -> list[results.Row]:
+    """Fits every method once per training set and scores it on every test set of the tasks trained on it.
 
-
-@functools.lru_cache(maxsize=64)
-def train_program(
-    method: str,
-    settings: tuple,
-    num_classes: int,
-    mesh: Mesh,
-    *,
-    num_examples: int,
-    num_views: int,
-) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[Any, dict[str, jax.Array]]]:
-    """The jitted program (variables, views, labels, seed) -> (final variables, per-epoch mean of each term).
-
-    Cached by everything but the seed, so fits of the same shapes and settings (another seed, another noise
-    level in a study) reuse one compiled program.
+    An ID task and an OOD task with the same source (e.g. MNIST-5k) share one head per method.
     """
-    config = ml_collections.ConfigDict(dict(settings))
-    model = make_head(method, config, num_classes)
-    loss_fn = make_loss_fn(method, model, config)
-    epochs, batch_size = config.epochs, config.batch_size
-    num_steps = steps_per_epoch(num_examples, batch_size)
-    optimizer = make_optimizer(config, epochs * num_steps)
-    batch_sharding = parallel.data_sharding(mesh)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def train_step(carry, batch, views, labels, seed):
-        variables, opt_state = carry
-        indices, mask, step = batch
-        first, second = draw_views(seed, step, num_views, batch_size)
-        f1, f2, y, mask = jax.lax.with_sharding_constraint(
-            (views[first, indices], views[second, indices], labels[indices], mask),
-            batch_sharding,
-        )
-        params, batch_stats = variables["params"], variables.get("batch_stats", {})
-        (_, (aux, batch_stats)), grads = grad_fn(params, batch_stats, f1, f2, y, mask)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        variables = {**variables, "params": optax.apply_updates(params, updates)}
-        if batch_stats:
-            variables["batch_stats"] = batch_stats
-        return (variables, opt_state), aux
-
-    def train(variables, views, labels, seed):
-        step_fn = functools.partial(train_step, views=views, labels=labels, seed=seed)
-
-        def epoch_fn(carry, epoch):
-            indices, mask = epoch_batches(seed, epoch, num_examples, batch_size)
-            steps = epoch * num_steps + jnp.arange(num_steps)
-            carry, aux = jax.lax.scan(step_fn, carry, (indices, mask, steps))
-            return carry, jax.tree.map(jnp.mean, aux)
-
-        carry = (variables, optimizer.init(variables["params"]))
-        (variables, _), curves = jax.lax.scan(epoch_fn, carry, jnp.arange(epochs))
-        return variables, curves
-
-    replicated = parallel.replicated(mesh)
-    return jax.jit(train, out_shardings=(replicated, replicated))
+    rows = []
+    fitted: list[tuple[features.TaskFeatures, str, tuning.TrainedHead]] = []
+    for t in task_features:
+        for method in methods:
+            start = time.time()
+            head = next((h for f, m, h in fitted if m == method and _same_training_set(f, t)), None)
+            if head is None:
+                head = tuning.fit(
+                    method,
+                    t.train_views,
+                    t.train_labels,
+                    method_configs[method],
+                    num_classes=t.num_classes,
+                    mesh=mesh,
+                )
+                fitted.append((t, method, head))
+            scores = {d: tuning.accuracy(head, f, y) for d, (f, y) in t.tests.items()}
+            rows += [
+                results.Row(
+                    t.name,
+                    t.kind,
+                    t.train_domain,
+                    domain,
+                    method,
+                    float(meta["noise_ratio"]),
+                    int(meta["seed"]),
+                    float(acc),
+                )
+                for domain, acc in scores.items()
+            ]
+            logging.info(
+                "%s %s: %s in %.1fs",
+                t.name,
+                method,
+                {d: round(a, 4) for d, a in scores.items()},
+                time.time() - start,
+            )
+    return rows
 
 
-def logits_fn(model: nn.Module, variables: Any, features: jax.Array) -> jax.Array:
-    """Eval-mode logits of either head (BatchNorm on running statistics)."""
-    out = model.apply(variables, features, train=False)
-    return out[0] if isinstance(out, tuple) else out
+def fingerprint(config, meta: dict[str, Any]) -> str:
+    """What decides the transfer results: the features' source and every method's settings."""
+    blob = json.dumps(
+        {
+            "source": meta["source"],
+            "methods": list(config.methods),
+            "transfer": config.transfer.to_dict(),
+            "suite": config.get("suite"),
+            "train_limit": config.get("train_limit"),
+            "views": config.views.to_dict(),
+        },
+        sort_keys=True,
+        default=repr,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _predict_batches(model: nn.Module, variables: Any, batches: jax.Array) -> jax.Array:
-    return jax.lax.map(lambda x: logits_fn(model, variables, x), batches)
+def _spectrum_figure(workdir: str, rows, spectra, method: str) -> list[str]:
+    """Each test set's SVE and LSVR against the accuracy of `method` on it; returns the figure's path."""
+    points = [
+        {
+            "label": r.test_domain,
+            "sve": spectra[r.test_domain]["sve"],
+            "lsvr": spectra[r.test_domain]["lsvr"],
+            "accuracy": r.accuracy,
+        }
+        for r in rows
+        if r.method == method and r.test_domain in spectra
+    ]
+    if not points:
+        return []
+    spectrum.plot_metric_vs_accuracy(
+        points, os.path.join(workdir, "figures", "spectrum_vs_accuracy.png")
+    )
+    return ["figures/spectrum_vs_accuracy.png"]
 
 
-def predict(head: TrainedHead, features: Any, *, batch_size: int | None = None) -> np.ndarray:
-    """Logits [N, C] for float32 [N, D] features, in eval mode, in fixed-size padded batches (exact)."""
-    batch_size = head.eval_batch_size if batch_size is None else batch_size
-    parallel.check_global_batch(batch_size, head.mesh, "eval_batch_size")
-    features = np.asarray(features, np.float32)
-    if features.ndim != 2:
-        raise ValueError(f"features must be [N, D], got shape {features.shape}.")
-    num_examples, dim = features.shape
-    batches = _pad_rows(features, 0, batch_size).reshape(-1, batch_size, dim)
-    sharding = NamedSharding(head.mesh, P(None, parallel.DATA_AXIS))
-    logits = _predict_batches(head.model, head.variables, _to_device(batches, sharding))
-    logits = np.asarray(parallel.to_host(logits))
-    return logits.reshape(-1, logits.shape[-1])[:num_examples]
+def evaluate(config, workdir: str) -> dict[str, Any]:
+    """Features -> spectrum.json -> LP/MLP/NMTune -> results.csv -> report.md, skipping a finished identical run.
+
+    Returns the rows, spectra and the metadata of the features.
+    """
+    task_features, meta = features.load_task_features(config, workdir)
+    done_path = os.path.join(workdir, DONE_FILE)
+    key = fingerprint(config, meta)
+    spectra = analyze.spectra_of(task_features, config.centering)
+    analyze.write_spectrum(workdir, spectra, meta, config.centering)
+    if (files.read_json(done_path) or {}).get("key") == key:
+        logging.info("Transfer results for %s are up to date; reading them.", key)
+        rows = results.read(os.path.join(workdir, RESULTS_FILE))
+    else:
+        rows = transfer_rows(task_features, config.methods, config.transfer, meta)
+        if parallel.is_main_process():
+            rows = results.write(os.path.join(workdir, RESULTS_FILE), rows)
+            files.write_json(done_path, {"key": key})
+    if parallel.is_main_process():
+        figures = ["figures/spectrum.png"]
+        if config.methods:
+            figures += _spectrum_figure(workdir, rows, spectra, config.methods[0])
+        spectra_by_run = {(meta["noise_ratio"], meta["seed"]): analyze.mean_spectrum(spectra)}
+        report.write(workdir, rows, spectra_by_run, config.title, figures)
+    return {"rows": rows, "spectra": spectra, "meta": meta}
 
 
-def accuracy(head: TrainedHead, features: Any, labels: Any) -> float:
-    """Fraction of `labels` [N] matched by the argmax of `predict(head, features)`."""
-    labels = np.asarray(labels)
-    predictions = predict(head, features).argmax(axis=-1)
-    if labels.shape != predictions.shape:
-        raise ValueError(f"labels must have shape {predictions.shape}, got {labels.shape}.")
-    return float(np.mean(predictions == labels))
+def run(config, workdir: str) -> dict[str, Any]:
+    """Stage `transfer`: the methods in `config.methods` on every task; results.csv, spectrum.json, report.md."""
+    out = evaluate(config, workdir)
+    print(report.domain_table(out["rows"]))
+    return out

@@ -11,7 +11,17 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nml_jax import clip_pretrain, config_lib, data, features, noise, parallel, tokenizer
+from nml_jax import (
+    clip_pretrain,
+    config_lib,
+    data,
+    defaults,
+    encoders,
+    losses,
+    noise,
+    parallel,
+    tokenizer,
+)
 from nml_jax.data import captions
 from nml_jax.models import clip
 
@@ -45,11 +55,11 @@ def test_loss_matches_hand_computed_3x3():
     rows = [np.log(np.exp(logits[i]).sum()) - logits[i, i] for i in range(3)]
     cols = [np.log(np.exp(logits[:, i]).sum()) - logits[i, i] for i in range(3)]
     expected = 0.5 * (np.mean(rows) + np.mean(cols))
-    got = clip_pretrain.clip_loss(image, text, jnp.float32(2.0))
+    got = losses.info_nce(image, text, jnp.float32(2.0))
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     # Perfectly aligned, well separated pairs at a large scale cost nearly nothing.
     eye = np.eye(3, dtype=np.float32)
-    assert float(clip_pretrain.clip_loss(eye, eye, jnp.float32(100.0))) < 1e-6
+    assert float(losses.info_nce(eye, eye, jnp.float32(100.0))) < 1e-6
     counts = clip_pretrain.retrieval_counts(image, text, np.array([False, True, False]))
     # Image 0 -> text 0 (hit, clean), image 1 -> text 2 (miss, noisy), image 2 -> text 1 (miss, clean).
     assert {k: float(v) for k, v in counts.items()} == {
@@ -62,24 +72,19 @@ def test_loss_matches_hand_computed_3x3():
 
 def test_loss_over_8_devices_uses_the_global_batch():
     rng = np.random.default_rng(0)
-    image = clip.l2_normalize(rng.normal(size=(16, 8)).astype(np.float32))
-    text = clip.l2_normalize(rng.normal(size=(16, 8)).astype(np.float32))
+    image = losses.l2_normalize(rng.normal(size=(16, 8)).astype(np.float32))
+    text = losses.l2_normalize(rng.normal(size=(16, 8)).astype(np.float32))
     scale = jnp.float32(10.0)
-    single = float(clip_pretrain.clip_loss(image, text, scale))
+    single = float(losses.info_nce(image, text, scale))
     mesh = parallel.make_mesh(8)
     sharded = NamedSharding(mesh, P(parallel.DATA_AXIS))
-    fn = jax.jit(
-        clip_pretrain.clip_loss, in_shardings=(sharded, sharded, parallel.replicated(mesh))
-    )
+    fn = jax.jit(losses.info_nce, in_shardings=(sharded, sharded, parallel.replicated(mesh)))
     args = (jax.device_put(image, sharded), jax.device_put(text, sharded), scale)
     assert len(args[0].sharding.device_set) == 8
     np.testing.assert_allclose(float(fn(*args)), single, rtol=1e-6)
     # A per-device loss (negatives only from the local 2 pairs) would be different.
     local = np.mean(
-        [
-            float(clip_pretrain.clip_loss(image[i : i + 2], text[i : i + 2], scale))
-            for i in range(0, 16, 2)
-        ]
+        [float(losses.info_nce(image[i : i + 2], text[i : i + 2], scale)) for i in range(0, 16, 2)]
     )
     assert abs(local - single) > 0.1
     hlo = fn.lower(*args).compile().as_text()
@@ -117,7 +122,7 @@ def test_model_sizes_and_towers():
     assert float(model.apply(big, jnp.ones((2, 8, 8, 1)), tokens)[2]) == pytest.approx(100.0)
     # Published sizes: CLIP RN50 102.0M and ViT-B/16 149.6M parameters.
     for size, count in (("rn50", 102.0e6), ("vit_b16", 149.6e6)):
-        model = clip.build(clip.model_config(size))
+        model = clip.build(defaults.clip_model(size))
         shapes = jax.eval_shape(
             lambda m=model: m.init(
                 jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), jnp.ones((1, 77), jnp.int32)
@@ -236,9 +241,9 @@ def test_short_run_learns_and_zero_shot_beats_chance(short_run):
 @pytest.mark.slow
 def test_restore_encoder_gives_image_embeddings(short_run):
     config, workdir, result = short_run
-    assert clip_pretrain.is_clip_workdir(workdir)
-    encoder = features.restore_encoder(workdir)  # Dispatches on model.json's kind.
-    assert isinstance(encoder, clip_pretrain.ClipEncoder)
+    assert encoders.read_card(workdir)["kind"] == "clip"
+    encoder = encoders.restore(workdir)  # Dispatches on model.json's kind.
+    assert isinstance(encoder, encoders.ImageEncoder)
     assert (encoder.step, encoder.feature_dim, encoder.input_shape) == (96, 32, (28, 28, 1))
     assert encoder.config.noise.ratio == 0.0 and encoder.config.seed == 0
     images = data.load("nml_fashion_mnist", "test[:8]")["image"]
@@ -282,7 +287,7 @@ def test_config_variants_resolve(module, arg):
 
 def test_yfcc15m_config_is_the_stated_recipe():
     config = clip_yfcc15m.get_config("noise=0.2")
-    assert config.model.text.to_dict() == clip.SIZES["rn50"]["text"]
+    assert config.model.text.to_dict() == defaults.CLIP_SIZES["rn50"]["text"]
     assert (config.input.batch_size, config.total_epochs, config.warmup_steps) == (4096, 32.0, 2000)
     assert (config.optimizer.name, config.optimizer.lr, config.optimizer.weight_decay) == (
         "adamw",
@@ -297,7 +302,7 @@ def test_yfcc15m_config_is_the_stated_recipe():
 @pytest.mark.parametrize(
     "key,value,match",
     [
-        ("noise", config_lib.noise_block("symmetric", 0.1), "noise.kind"),
+        ("noise", defaults.noise_block("symmetric", 0.1), "noise.kind"),
         ("total_steps", 0, "total_steps"),
         ("shards", None, None),
     ],

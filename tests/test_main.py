@@ -46,19 +46,54 @@ def test_noise_stage_writes_config_and_noise(tmp_path):
         ),
         (["--config=configs/noise.py:ration=0.1"], "Unknown config variant 'ration'"),
         (["--config=configs/nosie.py"], "nosie.py"),
+        (
+            ["--config=configs/nmtune.py:smoke", "--config.transfer.nmtune.svd_weight=-1"],
+            r"config.transfer.nmtune.svd_weight=-1.0 is not valid",
+        ),
+        (
+            ["--config=configs/nmtune.py:smoke", "--config.pretrain.model.name=resnet7"],
+            r"config.pretrain.model.name='resnet7' is not valid",
+        ),
+        (
+            ["--config=configs/study.py:smoke", "--config.views.max_shift=-1"],
+            r"config.views.max_shift=-1 is not valid",
+        ),
     ],
 )
 def test_bad_config_fails_with_message(tmp_path, args, message):
-    proc = _main(*args, workdir=tmp_path)
+    """Every bad value fails at start, before any work: nothing is written to the workdir."""
+    proc = _main(*args, workdir=tmp_path / "w")
     assert proc.returncode != 0
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
+    assert not (tmp_path / "w").exists()
 
 
-def test_parse_arg_types():
-    arg = config_lib.parse_arg(
-        "noise=0,smoke,name=abc,ratios=(0.1,0.2)", noise=0.2, smoke=False, name="x", ratios=()
+def test_configs_load_without_tensorflow_or_jax():
+    code = (
+        "import sys; from nml_jax import config_lib\n"
+        "for spec in ('nmtune.py:smoke', 'study.py', 'clip_yfcc15m.py', 'pretrain_imagenet.py'):\n"
+        "    config_lib.load_config('configs/' + spec)\n"
+        "print(sorted(m for m in ('tensorflow', 'jax') if m in sys.modules))"
     )
-    assert arg.noise == 0.0 and isinstance(arg.noise, float)
-    assert arg.smoke is True and arg.name == "abc" and arg.ratios == (0.1, 0.2)
-    with pytest.raises(config_lib.ConfigError, match="expected a float"):
-        config_lib.parse_arg("noise=abc", noise=0.2)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("config", ["noise.py", "pretrain.py", "pretrain_imagenet.py"])
+def test_optional_fields_take_command_line_values(tmp_path, config):
+    """Fields that default to None (data_dir, total_steps, ...) accept typed `--config.*` overrides: the run
+    gets as far as looking for the dataset in the given data_dir."""
+    proc = _main(
+        f"--config=configs/{config}",
+        "--config.dataset=imagenet2012",
+        f"--config.data_dir={tmp_path / 'tfds'}",
+        *([] if config == "noise.py" else ["--config.total_steps=3"]),
+        workdir=tmp_path / "w",
+    )
+    assert proc.returncode != 0
+    assert "'imagenet2012' is not prepared in " + str(tmp_path / "tfds") in proc.stderr, (
+        proc.stderr[-2000:]
+    )

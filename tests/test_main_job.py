@@ -13,7 +13,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _config(name, arg=None, **overrides):
-    config = config_lib.load_sibling(os.path.join(CONFIGS, name), name, arg)
+    config = config_lib.load_config(os.path.join(CONFIGS, name) + (f":{arg}" if arg else ""))
     config.update(overrides)
     return config
 
@@ -88,9 +88,7 @@ def test_probe_on_exported_features_npz(smoke, tmp_path):
     """The black-box path: features exported to .npz are probed like the encoder's own."""
     workdir, first = smoke
     config = _config("nmtune.py", "smoke")
-    from nml_jax import downstream
-
-    task_features, _ = downstream.load_task_features(config, workdir)
+    task_features, _ = features.load_task_features(config, workdir)
     digits = [t for t in task_features if t.train_domain == "mnist5k"]
     path = str(tmp_path / "mnist5k.npz")
     features.save_npz(path, digits)

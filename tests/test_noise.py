@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nml_jax import config_lib, data, noise
+from nml_jax import config_lib, data, defaults, noise
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def _config(kind="symmetric", ratio=0.2, seed=0, **extra):
     config.dataset = "nml_fashion_mnist"
     config.train_split = "train[:3000]"
     config.data_dir = None
-    config.noise = config_lib.noise_block(kind, ratio, seed)
+    config.noise = defaults.noise_block(kind, ratio, seed)
     config.noise.update(extra)
     return config
 

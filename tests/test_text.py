@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from nml_jax import features, parallel, text_features
+from nml_jax import encoders, features, nmtune_text, parallel
 from nml_jax.data import text
 from nml_jax.models import minilm
 
@@ -19,7 +19,7 @@ CLS, SEP = 101, 102
 
 @pytest.fixture(scope="module")
 def encoder():
-    return text_features.default_encoder()
+    return encoders.text_encoder()
 
 
 @pytest.fixture(scope="module")
@@ -137,15 +137,15 @@ def test_airline_split_is_stratified_and_deterministic():
 
 
 def test_bucketing_helpers():
-    assert [text_features.bucket_length(n, 16, 128) for n in (3, 16, 17, 120, 128)] == [
+    assert [encoders.bucket_length(n, 16, 128) for n in (3, 16, 17, 120, 128)] == [
         16,
         16,
         32,
         128,
         128,
     ]
-    assert text_features.bucket_length(130, 16, 128) == 130
-    batches = text_features.length_batches(np.array([5, 1, 4, 1, 3]), 2)
+    assert encoders.bucket_length(130, 16, 128) == 130
+    batches = encoders.length_batches(np.array([5, 1, 4, 1, 3]), 2)
     assert [b.tolist() for b in batches] == [[1, 3], [4, 2], [0]]
 
 
@@ -155,41 +155,41 @@ def test_embed_texts_sharded_matches_one_batch(encoder):
         texts[:6] + ["ok", "@united thanks!", "Great app", "meh"] + [t[:200] for t in texts[6:12]]
     )
     mesh = parallel.make_mesh(4)
-    embedded = text_features.embed_texts(texts, encoder, batch_size=8, mesh=mesh)
+    embedded = encoder.features(texts, batch_size=8, mesh=mesh)
     assert embedded.shape == (16, minilm.EMBED_DIM) and embedded.dtype == np.float32
     # One padded batch in the original order (padding invariance is tested above).
     expected = np.asarray(minilm.encode(encoder.params, *encoder.tokenizer(texts, pad_to=128)))
     np.testing.assert_allclose(embedded, expected, atol=2e-6)
     with pytest.raises(ValueError, match="batch_size=6 must be divisible"):
-        text_features.embed_texts(texts, encoder, batch_size=6, mesh=mesh)
+        encoder.features(texts, batch_size=6, mesh=mesh)
 
 
 def test_dataset_features_cache_hit(tmp_path, encoder, monkeypatch):
     mesh = parallel.make_mesh(4)
-    feats, labels = text_features.dataset_features(
+    feats, labels = nmtune_text.dataset_features(
         "apple", "all", cache_dir=str(tmp_path), encoder=encoder, limit=12, batch_size=8, mesh=mesh
     )
-    path = text_features.cache_path(str(tmp_path), encoder.fingerprint, "apple", "all", 128, 12)
+    path = nmtune_text.cache_path(str(tmp_path), encoder.fingerprint, "apple", "all", 128, 12)
     assert os.path.exists(path) and feats.shape == (12, 384) and labels.dtype == np.int64
 
     def fail(*args, **kwargs):
         raise AssertionError("the encoder ran on a cache hit")
 
-    monkeypatch.setattr(text_features, "embed_texts", fail)
-    again, again_labels = text_features.dataset_features(
+    monkeypatch.setattr(encoder, "features", fail)
+    again, again_labels = nmtune_text.dataset_features(
         "apple", "all", cache_dir=str(tmp_path), encoder=encoder, limit=12, batch_size=8, mesh=mesh
     )
     np.testing.assert_array_equal(again, feats)
     np.testing.assert_array_equal(again_labels, labels)
     with pytest.raises(AssertionError, match="cache hit"):  # Another subsample is another key.
-        text_features.dataset_features(
+        nmtune_text.dataset_features(
             "apple", "all", cache_dir=str(tmp_path), encoder=encoder, limit=13, mesh=mesh
         )
 
 
 def test_build_text_task_npz_is_a_valid_features_file(tmp_path, encoder):
     path = str(tmp_path / "airline.npz")
-    arrays = text_features.build_text_task_npz(
+    arrays = nmtune_text.build_text_task_npz(
         path,
         targets=("apple", "drug_reviews"),
         cache_dir=str(tmp_path / "cache"),
@@ -206,9 +206,9 @@ def test_build_text_task_npz_is_a_valid_features_file(tmp_path, encoder):
     assert id_task.num_classes == 3 and id_task.train_features.shape == (8, 384)
     assert sorted(ood_task.tests) == ["apple", "drug_reviews"]
     with pytest.raises(ValueError, match="source='apple'"):
-        text_features.build_text_task_npz(path, source="apple", cache_dir=str(tmp_path))
+        nmtune_text.build_text_task_npz(path, source="apple", cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="target 'airline'"):
-        text_features.build_text_task_npz(path, targets=("airline",), cache_dir=str(tmp_path))
+        nmtune_text.build_text_task_npz(path, targets=("airline",), cache_dir=str(tmp_path))
 
 
 @pytest.mark.slow

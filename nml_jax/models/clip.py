@@ -22,40 +22,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from nml_jax import losses
 from nml_jax.models import cnn, layers, resnet, vit
 
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100.0)
-
-# Published sizes (CLIP paper, Table 19/20) and small ones for CPU runs and tests.
-_TEXT_PAPER = dict(vocab_size=49408, context_length=77, width=512, depth=12, num_heads=8)
-SIZES = {
-    "tiny": dict(
-        embed_dim=32,
-        image=dict(name="cnn", widths=(8, 16), feature_dim=32),
-        text=dict(vocab_size=512, context_length=16, width=32, depth=1, num_heads=2),
-    ),
-    "small": dict(
-        embed_dim=64,
-        image=dict(name="cnn", widths=(32, 64), feature_dim=128),
-        text=dict(vocab_size=1024, context_length=24, width=128, depth=2, num_heads=4),
-    ),
-    "rn50": dict(
-        embed_dim=1024,
-        image=dict(name="resnet50", width=64, stem="imagenet", num_heads=32),
-        text=_TEXT_PAPER,
-    ),
-    "vit_b16": dict(
-        embed_dim=512,
-        image=dict(name="vit", patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072),
-        text=_TEXT_PAPER,
-    ),
-}
-
-
-def l2_normalize(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
-    """x / max(||x||_2, eps) along the last axis."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 class CNNTower(nn.Module):
@@ -298,23 +269,17 @@ class CLIP(nn.Module):
 
     def __call__(self, images, tokens, train: bool = False):
         """(normalised image embeddings, normalised text embeddings, scale)."""
-        image = l2_normalize(self.encode_image(images, train=train))
-        text = l2_normalize(self.encode_text(tokens))
+        image = losses.l2_normalize(self.encode_image(images, train=train))
+        text = losses.l2_normalize(self.encode_text(tokens))
         return image, text, self.scale()
 
 
 def image_tower(image: dict[str, Any], embed_dim: int, dtype: Any) -> nn.Module:
     """The image tower named by image['name'] ('cnn', 'resnet<depth>', 'vit'); other keys are its attributes."""
+    from nml_jax import models
+
     kwargs = dict(image)
-    name = kwargs.pop("name")
-    if name == "cnn":
-        return CNNTower(embed_dim=embed_dim, dtype=dtype, **kwargs)
-    if name == "vit":
-        return ViTTower(embed_dim=embed_dim, dtype=dtype, **kwargs)
-    if name.startswith("resnet") and name[6:].isdigit() and int(name[6:]) in resnet.STAGE_SIZES:
-        return ResNetTower(embed_dim=embed_dim, depth=int(name[6:]), dtype=dtype, **kwargs)
-    depths = [f"resnet{d}" for d in resnet.STAGE_SIZES]
-    raise ValueError(f"Unknown image tower {name!r}; expected 'cnn', 'vit' or one of {depths}.")
+    return models.get(f"clip_{kwargs.pop('name')}", embed_dim, dtype=dtype, **kwargs)
 
 
 def build(model_config: ml_collections.ConfigDict | dict, pad_id: int = 0) -> CLIP:
@@ -328,10 +293,3 @@ def build(model_config: ml_collections.ConfigDict | dict, pad_id: int = 0) -> CL
         embed_dim=cfg["embed_dim"],
         pad_id=pad_id,
     )
-
-
-def model_config(size: str, dtype: str = "float32") -> ml_collections.ConfigDict:
-    """The config of a named size (a key of SIZES)."""
-    if size not in SIZES:
-        raise ValueError(f"CLIP size={size!r} is not valid; expected one of {sorted(SIZES)}.")
-    return ml_collections.ConfigDict({**SIZES[size], "dtype": dtype})

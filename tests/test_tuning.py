@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from nml_jax import config_lib, parallel, transfer
+from nml_jax import config_lib, defaults, parallel, tuning
 from nml_jax.models import heads
 
 
@@ -21,13 +21,13 @@ def _blobs(num_examples=200, dim=16, num_classes=4, num_views=2, seed=0, spread=
 
 
 def _small_config(method, epochs=3):
-    config = transfer.default_config(method)
+    config = defaults.head(method)
     config.epochs = epochs
     return config
 
 
 def test_linear_head_init_is_kaiming_uniform_with_zero_bias():
-    params = transfer.init_variables(heads.LinearHead(10), dim=96, seed=0)["params"]["classifier"]
+    params = tuning.init_variables(heads.LinearHead(10), dim=96, seed=0)["params"]["classifier"]
     bound = np.sqrt(6.0 / 96)
     assert params["kernel"].shape == (96, 10)
     assert np.abs(params["kernel"]).max() <= bound
@@ -39,7 +39,7 @@ def test_linear_head_init_is_kaiming_uniform_with_zero_bias():
 
 def test_nmtune_head_shapes_depth_and_residual():
     model = heads.NMTuneHead(num_classes=3, depth=2)
-    variables = transfer.init_variables(model, dim=8, seed=0)
+    variables = tuning.init_variables(model, dim=8, seed=0)
     params = variables["params"]
     assert params["hidden_0"]["kernel"].shape == (8, 32)
     assert params["hidden_1"]["kernel"].shape == (32, 32)
@@ -53,7 +53,7 @@ def test_nmtune_head_shapes_depth_and_residual():
     np.testing.assert_allclose(model.apply(zero_scale, x, train=False)[1], x, atol=1e-6)
     assert not np.allclose(z, x)
     plain = heads.NMTuneHead(num_classes=3, residual=False)
-    assert "scale" not in transfer.init_variables(plain, dim=8, seed=0)["params"]
+    assert "scale" not in tuning.init_variables(plain, dim=8, seed=0)["params"]
 
 
 def test_masked_batchnorm_train_and_eval_modes():
@@ -82,17 +82,17 @@ def test_masked_batchnorm_train_and_eval_modes():
 
 
 def test_epoch_batches_cover_every_example_once_and_draw_views():
-    indices, mask = transfer.epoch_batches(seed=3, epoch=0, num_examples=10, batch_size=4)
+    indices, mask = tuning.epoch_batches(seed=3, epoch=0, num_examples=10, batch_size=4)
     assert indices.shape == mask.shape == (3, 4)
     assert sorted(np.asarray(indices)[np.asarray(mask)].tolist()) == list(range(10))
     assert int(mask.sum()) == 10
-    again, _ = transfer.epoch_batches(seed=3, epoch=0, num_examples=10, batch_size=4)
-    other, _ = transfer.epoch_batches(seed=3, epoch=1, num_examples=10, batch_size=4)
+    again, _ = tuning.epoch_batches(seed=3, epoch=0, num_examples=10, batch_size=4)
+    other, _ = tuning.epoch_batches(seed=3, epoch=1, num_examples=10, batch_size=4)
     np.testing.assert_array_equal(indices, again)
     assert not np.array_equal(indices, other)
-    first, second = transfer.draw_views(seed=0, step=5, num_views=3, batch_size=100)
+    first, second = tuning.draw_views(seed=0, step=5, num_views=3, batch_size=100)
     assert np.all(first != second) and set(np.asarray(first).tolist()) == {0, 1, 2}
-    first, second = transfer.draw_views(seed=0, step=5, num_views=1, batch_size=4)
+    first, second = tuning.draw_views(seed=0, step=5, num_views=1, batch_size=4)
     np.testing.assert_array_equal(first, 0)
     np.testing.assert_array_equal(second, 0)
 
@@ -101,9 +101,9 @@ def test_scan_lp_equals_python_loop_reference():
     views, labels = _blobs(num_examples=150, num_views=1)
     config = _small_config("lp", epochs=2)
     config.batch_size = 32  # 150 = 4 * 32 + 22: the last batch is padded.
-    head = transfer.fit("lp", views, labels, config, num_classes=4)
+    head = tuning.fit("lp", views, labels, config, num_classes=4)
 
-    params = transfer.init_variables(heads.LinearHead(4), 16, config.seed)["params"]["classifier"]
+    params = tuning.init_variables(heads.LinearHead(4), 16, config.seed)["params"]["classifier"]
     total = 2 * 5
     tx = optax.adamw(optax.cosine_decay_schedule(1e-2, total), weight_decay=1e-4)
     state = tx.init(params)
@@ -114,7 +114,7 @@ def test_scan_lp_equals_python_loop_reference():
 
     epoch_losses = []
     for epoch in range(2):
-        indices, mask = transfer.epoch_batches(config.seed, epoch, 150, 32)
+        indices, mask = tuning.epoch_batches(config.seed, epoch, 150, 32)
         step_losses = []
         for step_indices, step_mask in zip(np.asarray(indices), np.asarray(mask)):
             real = step_indices[step_mask]  # A plain shorter last batch.
@@ -132,8 +132,8 @@ def test_scan_lp_equals_python_loop_reference():
 
 def test_lp_reaches_full_accuracy_on_separable_features():
     views, labels = _blobs(num_examples=400, dim=8, num_views=1, spread=0.1, seed=1)
-    head = transfer.fit("lp", views, labels, _small_config("lp", epochs=20), num_classes=4)
-    assert transfer.accuracy(head, views[0], labels) == 1.0
+    head = tuning.fit("lp", views, labels, _small_config("lp", epochs=20), num_classes=4)
+    assert tuning.accuracy(head, views[0], labels) == 1.0
     assert head.loss_curve[-1] < 0.5 * head.loss_curve[0]
 
 
@@ -141,24 +141,24 @@ def test_other_seed_reuses_the_compiled_program():
     views, labels = _blobs(num_examples=96, dim=8, num_views=2, seed=2)
     config = _small_config("nmtune", epochs=2)
     mesh = parallel.make_mesh(1)
-    first = transfer.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
-    compiled = transfer.train_program.cache_info().misses
+    first = tuning.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
+    compiled = tuning.train_program.cache_info().misses
     config.seed = 1
-    other = transfer.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
-    assert transfer.train_program.cache_info().misses == compiled  # No new program for a new seed.
+    other = tuning.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
+    assert tuning.train_program.cache_info().misses == compiled  # No new program for a new seed.
     assert not np.allclose(first.loss_curve, other.loss_curve)
     config.seed = 0
-    again = transfer.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
+    again = tuning.fit("nmtune", views, labels, config, num_classes=4, mesh=mesh)
     np.testing.assert_array_equal(again.loss_curve, first.loss_curve)
 
 
 @pytest.mark.slow
 def test_mlp_equals_nmtune_with_zero_weights():
     views, labels = _blobs()
-    mlp = transfer.fit("mlp", views, labels, _small_config("mlp"), num_classes=4)
+    mlp = tuning.fit("mlp", views, labels, _small_config("mlp"), num_classes=4)
     config = _small_config("nmtune")
     config.consistency_weight = config.covariance_weight = config.svd_weight = 0.0
-    nmtune = transfer.fit("nmtune", views, labels, config, num_classes=4)
+    nmtune = tuning.fit("nmtune", views, labels, config, num_classes=4)
     np.testing.assert_allclose(mlp.loss_curve, nmtune.loss_curve, rtol=1e-5)
     np.testing.assert_allclose(nmtune.curves["ce"], nmtune.loss_curve, rtol=1e-6)
     jax.tree.map(
@@ -187,24 +187,24 @@ def test_nmtune_on_eight_devices_matches_one_device_and_is_deterministic():
     # Losses to rtol 1e-4: only the order of the cross-device reductions differs.
     views, labels = _blobs(num_examples=150, num_views=3)
     config = _small_config("nmtune")
-    eight = transfer.fit("nmtune", views, labels, config, num_classes=4)
+    eight = tuning.fit("nmtune", views, labels, config, num_classes=4)
     assert eight.mesh.devices.size == 8
-    one = transfer.fit("nmtune", views, labels, config, num_classes=4, mesh=parallel.make_mesh(1))
+    one = tuning.fit("nmtune", views, labels, config, num_classes=4, mesh=parallel.make_mesh(1))
     np.testing.assert_allclose(eight.loss_curve, one.loss_curve, rtol=1e-4)
     for name in ("consistency", "covariance", "dominant_sv"):
         np.testing.assert_allclose(eight.curves[name], one.curves[name], rtol=1e-4)
         assert np.all(eight.curves[name] > 0)
     _assert_same_head(eight, one, config.lr)
-    again = transfer.fit("nmtune", views, labels, config, num_classes=4)
+    again = tuning.fit("nmtune", views, labels, config, num_classes=4)
     np.testing.assert_array_equal(eight.loss_curve, again.loss_curve)
     features = views[0]
     np.testing.assert_allclose(
-        transfer.predict(eight, features), transfer.predict(one, features), rtol=1e-3, atol=1e-3
+        tuning.predict(eight, features), tuning.predict(one, features), rtol=1e-3, atol=1e-3
     )
     # Batched, padded prediction equals one full-batch eval-mode apply.
-    direct = transfer.logits_fn(eight.model, jax.device_get(eight.variables), features)
+    direct = tuning.logits_fn(eight.model, jax.device_get(eight.variables), features)
     np.testing.assert_allclose(
-        transfer.predict(eight, features, batch_size=16), direct, rtol=1e-5, atol=1e-5
+        tuning.predict(eight, features, batch_size=16), direct, rtol=1e-5, atol=1e-5
     )
 
 
@@ -213,14 +213,14 @@ def test_bad_settings_and_inputs_raise_clear_errors():
     config = _small_config("lp", epochs=1)
     config.batch_size = 12
     with pytest.raises(ValueError, match="batch_size=12 must be divisible"):
-        transfer.fit("lp", views, labels, config, num_classes=4)
+        tuning.fit("lp", views, labels, config, num_classes=4)
     with pytest.raises(config_lib.ConfigError, match="method='svm'"):
-        transfer.default_config("svm")
+        defaults.head("svm")
     config = _small_config("nmtune")
     config.svd_weight = -1.0
     with pytest.raises(config_lib.ConfigError, match=r"svd_weight=-1\.0"):
-        transfer.fit("nmtune", views, labels, config, num_classes=4)
+        tuning.fit("nmtune", views, labels, config, num_classes=4)
     with pytest.raises(ValueError, match="must lie in \\[0, 3\\)"):
-        transfer.fit("lp", views, labels, _small_config("lp"), num_classes=3)
+        tuning.fit("lp", views, labels, _small_config("lp"), num_classes=3)
     with pytest.raises(ValueError, match="\\[V, N, D\\]"):
-        transfer.fit("lp", views[0], labels, _small_config("lp"), num_classes=4)
+        tuning.fit("lp", views[0], labels, _small_config("lp"), num_classes=4)

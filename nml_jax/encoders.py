@@ -1,0 +1,266 @@
+"""Frozen encoders: what the downstream stages see of a pre-trained model.
+
+An encoder maps a batch of inputs to features and says what it takes and what it gives:
+`features(inputs)` -> float32 [B, D], `input_shape`, `feature_dim`, and `fingerprint` (changes whenever the
+weights or their config change; the feature cache is keyed by it). Three kinds:
+- `ImageEncoder` of a supervised checkpoint (pre-logit features) or of a CLIP checkpoint's image tower
+  (unnormalised image embeddings), restored from a pre-training workdir by `restore(workdir)`;
+- `TextEncoder`, the frozen all-MiniLM-L6-v2 sentence encoder (mean-pooled, L2-normalised embeddings).
+
+The model card `<workdir>/model.json`, written by every trainer through `write_card` and read by `read_card`,
+records the kind of model, its input shape, the pre-training noise ratio and seed, the config and its
+fingerprint. Feature extraction and the downstream stages depend on this module, never on a trainer.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from nml_jax import checkpoint, config_lib, files, models, parallel
+from nml_jax.models import clip, minilm
+
+CARD_FILE = "model.json"
+KINDS = ("classifier", "clip")
+
+
+class ModelCardError(ValueError):
+    """A workdir's model card is missing or malformed; the message names the file."""
+
+
+def write_card(
+    workdir: str, kind: str, config: ml_collections.ConfigDict, input_shape, **extra: Any
+) -> None:
+    """Writes `<workdir>/model.json` (process 0 only): kind, input shape, noise ratio and seed, the config and
+    its fingerprint, and `extra` (e.g. `num_classes`, `pad_id`)."""
+    config_lib.check_choice("model kind", kind, KINDS)
+    if not parallel.is_main_process():
+        return
+    card = {
+        "kind": kind,
+        "name": config.model.get("name", kind),
+        "input_shape": [int(d) for d in input_shape],
+        "noise_ratio": float(config.noise.ratio),
+        "noise_kind": config.noise.kind,
+        "seed": int(config.seed),
+        "config_fingerprint": config_lib.fingerprint(config),
+        "config": json.loads(config_lib.to_json(config)),
+        **extra,
+    }
+    files.write_json(os.path.join(workdir, CARD_FILE), card)
+
+
+def read_card(workdir: str) -> dict[str, Any]:
+    """The model card of a pre-training `workdir`.
+
+    Raises:
+      ModelCardError: no model.json, not JSON, or without the fields every card has.
+    """
+    path = os.path.join(workdir, CARD_FILE)
+    try:
+        card = files.read_json(path)
+    except files.FileFormatError as e:
+        raise ModelCardError(str(e)) from None
+    if card is None:
+        raise ModelCardError(
+            f"{path} does not exist; {workdir!r} is not a pre-training workdir (run a pretrain or "
+            "clip_pretrain stage there first, or pass --config.pretrained=DIR)."
+        )
+    missing = [k for k in ("kind", "input_shape", "config") if k not in card]
+    if missing or card["kind"] not in KINDS:
+        raise ModelCardError(
+            f"{path} is not a model card: missing {missing} or kind {card.get('kind')!r} not in {KINDS}."
+        )
+    return card
+
+
+class ImageEncoder:
+    """A frozen image model: uint8 images [B, H, W, C] -> float32 features [B, D], with the eval preprocessing
+    the model was trained with.
+
+    Attributes:
+      config: the pre-training config of the checkpoint.
+      card: its model card.
+      step: the checkpoint's step.
+      feature_dim: D.
+      input_shape: (H, W, C) of the preprocessed images the model takes.
+      fingerprint: a short hash of (workdir realpath, step, config) that changes with the checkpoint.
+    """
+
+    def __init__(self, card: dict, apply_fn, variables, feature_dim: int, step: int, workdir: str):
+        self.card = card
+        self.config = ml_collections.ConfigDict(card["config"])
+        self.step = step
+        self.input_shape = tuple(card["input_shape"])
+        self.feature_dim = int(feature_dim)
+        self._variables = jax.device_put(variables)
+        self._apply = jax.jit(apply_fn)
+        blob = json.dumps(
+            [os.path.realpath(workdir), step, card["config"]], sort_keys=True, default=repr
+        )
+        self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """float32 [B, D] features of uint8 images [B, H, W, C]."""
+        from nml_jax.data import pipeline
+
+        images = np.asarray(images)
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(
+                f"ImageEncoder.features expects uint8 images [B, H, W, C]; got {images.dtype} {images.shape}."
+            )
+        data = {"image": images, "label": np.zeros(len(images), np.int32)}
+        batches = pipeline.eval_batches(
+            data,
+            global_batch=batch_size,
+            pp=self.config.input.pp_eval,
+            process_index=0,  # Every process encodes all the images it is given.
+            process_count=1,
+        )
+        out = [
+            np.asarray(self._apply(self._variables, b["image"]), np.float32)[
+                np.asarray(b["mask"], bool)
+            ]
+            for b in batches
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
+
+
+def restore(workdir: str) -> ImageEncoder:
+    """The frozen image encoder of the newest checkpoint in a pre-training `workdir`.
+
+    Raises:
+      ModelCardError: no usable model card; FileNotFoundError: no checkpoint.
+    """
+    card = read_card(workdir)
+    step, raw = checkpoint.restore_raw(workdir)
+    variables = {"params": raw["params"], "batch_stats": raw.get("batch_stats", {})}
+    variables = jax.tree.map(np.asarray, variables)
+    config = ml_collections.ConfigDict(card["config"])
+    if card["kind"] == "clip":
+        model = clip.build(config.model, card["pad_id"])
+        apply_fn = lambda v, x: model.apply(v, x, method=clip.CLIP.encode_image)
+        dim = config.model.embed_dim
+    else:
+        head = variables["params"]["head"]["kernel"]
+        model = models.from_config(config.model, int(np.shape(head)[-1]))
+        apply_fn = lambda v, x: model.apply(v, x, train=False)[1]
+        dim = np.shape(head)[0]
+    return ImageEncoder(card, apply_fn, variables, dim, step, workdir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The frozen text encoder.
+
+_LOG_EVERY_S = 10.0
+
+
+def bucket_length(longest: int, multiple: int, cap: int) -> int:
+    """Padded batch length: ceil(longest / multiple) * multiple, at most max(cap, longest)."""
+    return min(math.ceil(longest / multiple) * multiple, max(cap, longest))
+
+
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of `batch_size` (the last may be short), sorted by length (stable)."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class TextEncoder:
+    """The frozen all-MiniLM-L6-v2: texts -> float32 [N, 384] sentence embeddings.
+
+    Texts are tokenized, sorted by token length and cut into batches whose padded length is rounded up to a
+    multiple of `bucket_multiple`, so a whole set compiles at most max_len / bucket_multiple shapes and short
+    tweets never pay for long reviews. Each global batch is sharded over the mesh's `data` axis.
+    """
+
+    feature_dim = minilm.EMBED_DIM
+
+    def __init__(self, params: dict, tokenizer: minilm.MiniLMTokenizer, fingerprint: str):
+        self.params = params
+        self.tokenizer = tokenizer
+        self.fingerprint = fingerprint
+        self.input_shape = (tokenizer.max_len,)
+
+    @classmethod
+    def load(cls, max_len: int = minilm.MAX_LEN) -> TextEncoder:
+        """The installed all-MiniLM-L6-v2 (see nml_jax.models.minilm)."""
+        params, tokenizer = minilm.load_minilm(max_len)
+        return cls(params, tokenizer, minilm.fingerprint())
+
+    def features(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 128,
+        bucket_multiple: int = 16,
+        mesh=None,
+        name: str = "texts",
+    ) -> np.ndarray:
+        """Sentence embeddings float32 [N, 384] in the order of `texts` (every process passes the same list;
+        `batch_size` must split evenly over the mesh's devices and the processes)."""
+        if not texts:
+            raise ValueError(f"TextEncoder.features got no texts for {name!r}.")
+        config_lib.check_positive_int("bucket_multiple", bucket_multiple)
+        mesh = mesh or parallel.make_mesh()
+        local_batch = parallel.check_global_batch(batch_size, mesh)
+        local = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
+        params = jax.device_put(self.params, parallel.replicated(mesh))
+        ids = self.tokenizer.tokenize(texts)
+        features = np.zeros((len(ids), self.feature_dim), np.float32)
+        log = _RateLog(name, len(ids))
+        pending = None
+        for rows in length_batches(np.asarray([len(x) for x in ids]), batch_size):
+            length = bucket_length(
+                max(len(ids[i]) for i in rows), bucket_multiple, self.tokenizer.max_len
+            )
+            # Short last batch: filler rows have an all-zero mask; their outputs are dropped.
+            batch = [ids[i] for i in rows] + [ids[rows[0]][:0]] * (batch_size - len(rows))
+            input_ids, mask = minilm.pad_batch(batch, length)
+            launched = (
+                rows,
+                minilm.encode(params, *parallel.to_global((input_ids[local], mask[local]), mesh)),
+            )
+            # Fetch the previous batch only once the next is dispatched, so the device never idles.
+            if pending is not None:
+                features[pending[0]] = np.asarray(parallel.to_host(pending[1]))[: len(pending[0])]
+                log.add(len(pending[0]))
+            pending = launched
+        features[pending[0]] = np.asarray(parallel.to_host(pending[1]))[: len(pending[0])]
+        log.add(len(pending[0]))
+        return features
+
+
+class _RateLog:
+    """Logs `done/total texts, texts/s` at most every _LOG_EVERY_S seconds, and at the end."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.done = name, total, 0
+        self.start, self.last = time.time(), 0.0
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = time.time()
+        if now - self.last >= _LOG_EVERY_S or self.done == self.total:
+            rate = self.done / max(now - self.start, 1e-9)
+            logging.info(
+                "embedded %s: %d/%d texts, %.1f texts/s", self.name, self.done, self.total, rate
+            )
+            self.last = now
+
+
+@functools.lru_cache(maxsize=1)
+def text_encoder(max_len: int = minilm.MAX_LEN) -> TextEncoder:
+    """The installed MiniLM, loaded once per process."""
+    return TextEncoder.load(max_len)

@@ -1,0 +1,58 @@
+"""Small file helpers every stage uses: atomic writes of text, JSON and .npz, and JSON reads that name the file.
+
+A file written here is complete or absent: the content goes to a temporary file in the same directory, which is
+then renamed over the target (atomic on POSIX file systems).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+
+class FileFormatError(ValueError):
+    """A file the project reads back (model card, summary, done-marker) cannot be parsed."""
+
+
+def _replace(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` atomically."""
+    _replace(path, text.encode("utf-8"))
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes `value` as indented, key-sorted JSON, atomically."""
+    write_text(path, json.dumps(value, indent=2, sort_keys=True, default=repr) + "\n")
+
+
+def read_json(path: str, default: Any = None) -> Any:
+    """The JSON value in `path`; `default` when the file does not exist.
+
+    Raises:
+      FileFormatError: the file exists but is not valid JSON (the message names the file).
+    """
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise FileFormatError(f"{path} is not valid JSON ({e}); delete or repair it.") from None
+
+
+def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Writes `arrays` as an uncompressed .npz, atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _replace(path, buffer.getvalue())
