@@ -97,3 +97,13 @@ def test_optional_fields_take_command_line_values(tmp_path, config):
     assert "'imagenet2012' is not prepared in " + str(tmp_path / "tfds") in proc.stderr, (
         proc.stderr[-2000:]
     )
+
+
+def test_parse_arg_types():
+    arg = config_lib.parse_arg(
+        "noise=0,smoke,name=abc,ratios=(0.1,0.2)", noise=0.2, smoke=False, name="x", ratios=()
+    )
+    assert arg.noise == 0.0 and isinstance(arg.noise, float)
+    assert arg.smoke is True and arg.name == "abc" and arg.ratios == (0.1, 0.2)
+    with pytest.raises(config_lib.ConfigError, match="expected a float"):
+        config_lib.parse_arg("noise=abc", noise=0.2)
