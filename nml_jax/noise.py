@@ -1,8 +1,10 @@
 """Label and caption noise for pre-training data (stage `noise`).
 
-Exactly round(r * N) examples are corrupted, chosen from a seed:
+Exactly round(r * N) examples are corrupted, chosen from a seed, except for asymmetric noise:
 - symmetric: each chosen label moves uniformly to a *different* class;
-- asymmetric: class c -> pairs[c] (a fixed pairing, e.g. T-shirt -> Shirt), only classes with a pair can flip;
+- asymmetric: class c -> pairs[c] (a fixed pairing, e.g. T-shirt -> Shirt); every class with a pair flips at
+  rate r, exactly round(r * n_c) of its n_c examples (the usual convention), and classes without a pair never
+  flip, so the overall corrupted share is below r;
 - matrix: a user-given row-stochastic C x C matrix T; a chosen example of class c takes class j != c with
   probability T[c, j] / (1 - T[c, c]) (so T sets *where* labels go, `ratio` how many move);
 - caption_swap: captions are exchanged among the chosen pairs by a derangement, so exactly the chosen image-text
@@ -103,15 +105,17 @@ def symmetric_noise(
 def asymmetric_noise(
     labels: np.ndarray, pairs: dict[int, int], ratio: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Returns noisy labels: round(ratio*N) examples, chosen among classes c with pairs[c] != c, become pairs[c]."""
+    """Returns noisy labels: in every class c with pairs[c] != c, round(ratio * n_c) of its n_c examples become
+    pairs[c]; other classes keep their labels. Classes are drawn in increasing order from one generator."""
     labels = np.asarray(labels, dtype=np.int64)
     table = np.arange(max([*pairs.keys(), *pairs.values(), int(labels.max())]) + 1)
     for src, dst in pairs.items():
         table[src] = dst
-    eligible = np.flatnonzero(table[labels] != labels)
     noisy = labels.copy()
-    chosen = _choose(eligible, num_corrupted(ratio, labels.size), rng, "asymmetric")
-    noisy[chosen] = table[labels[chosen]]
+    for c in np.flatnonzero(table != np.arange(table.size)):
+        members = np.flatnonzero(labels == c)
+        chosen = _choose(members, num_corrupted(ratio, members.size), rng, "asymmetric")
+        noisy[chosen] = table[c]
     return noisy
 
 
