@@ -28,13 +28,19 @@ KINDS = ("none", "symmetric", "asymmetric", "matrix", "caption_swap")
 NOISE_FILE = "noise.npz"
 
 # Default class pairings for asymmetric noise: visually similar classes, as in the noisy-label literature.
+# T-shirt <-> Shirt, Pullover <-> Coat, Sandal <-> Sneaker.
+_FASHION_MNIST_PAIRS = {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 5}
+# 7 -> 1, 2 -> 7, 5 <-> 6, 3 -> 8 (Patrini et al. 2017).
+_MNIST_PAIRS = {7: 1, 2: 7, 5: 6, 6: 5, 3: 8}
+# truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog (Patrini et al. 2017).
+_CIFAR10_PAIRS = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+# Keyed by the exact dataset name (TFDS or embedded), never a substring: `cifar100` must not get CIFAR-10's.
 DEFAULT_PAIRS = {
-    # T-shirt <-> Shirt, Pullover <-> Coat, Sandal <-> Sneaker.
-    "fashion_mnist": {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 5},
-    # 7 -> 1, 2 -> 7, 5 <-> 6, 3 -> 8 (Patrini et al. 2017).
-    "mnist": {7: 1, 2: 7, 5: 6, 6: 5, 3: 8},
-    # truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog (Patrini et al. 2017).
-    "cifar10": {9: 1, 2: 0, 4: 7, 3: 5, 5: 3},
+    "fashion_mnist": _FASHION_MNIST_PAIRS,
+    "nml_fashion_mnist": _FASHION_MNIST_PAIRS,
+    "mnist": _MNIST_PAIRS,
+    "nml_mnist5k": _MNIST_PAIRS,
+    "cifar10": _CIFAR10_PAIRS,
 }
 
 
@@ -163,9 +169,10 @@ def realised_transition(clean: np.ndarray, noisy: np.ndarray, num_classes: int) 
 
 
 def default_pairs(dataset: str) -> dict[int, int]:
-    for key, pairs in DEFAULT_PAIRS.items():
-        if key in dataset:
-            return pairs
+    """The pairing of `dataset` by its exact name; a TFDS version suffix (`cifar10:3.0.2`) is ignored."""
+    name = dataset.split(":", 1)[0]
+    if name in DEFAULT_PAIRS:
+        return DEFAULT_PAIRS[name]
     raise config_lib.ConfigError(
         f"No default asymmetric pairing for dataset {dataset!r} (known: {sorted(DEFAULT_PAIRS)}); "
         "set config.noise.pairs, e.g. {0: 6, 6: 0}."

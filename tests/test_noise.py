@@ -90,6 +90,28 @@ def test_asymmetric_one_pair_and_high_ratio(labels):
     np.testing.assert_allclose(out["transition"][0, [0, 6]], [0.1, 0.9], atol=0.5 / class0.sum())
 
 
+@pytest.mark.parametrize(
+    "dataset, key",
+    [
+        ("nml_fashion_mnist", "fashion_mnist"),
+        ("fashion_mnist", "fashion_mnist"),
+        ("nml_mnist5k", "mnist"),
+        ("cifar10", "cifar10"),
+        ("cifar10:3.0.2", "cifar10"),
+    ],
+)
+def test_default_pairs_by_exact_dataset_name(dataset, key):
+    assert noise.default_pairs(dataset) == noise.DEFAULT_PAIRS[key]
+
+
+@pytest.mark.parametrize("dataset", ["cifar100", "emnist", "nml_fashion_mnist_sketch"])
+def test_default_pairs_never_match_a_substring(dataset):
+    with pytest.raises(
+        config_lib.ConfigError, match=f"No default asymmetric pairing for dataset '{dataset}'"
+    ):
+        noise.default_pairs(dataset)
+
+
 def test_asymmetric_unknown_class_rejected(labels):
     config = _config("asymmetric", 0.1, pairs={0: 12})
     with pytest.raises(config_lib.ConfigError, match="class 12"):
