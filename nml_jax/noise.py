@@ -1,8 +1,10 @@
 """Label and caption noise for pre-training data (stage `noise`).
 
-Exactly round(r * N) examples are corrupted, chosen from a seed:
+Exactly round(r * N) examples are corrupted, chosen from a seed, except for asymmetric noise:
 - symmetric: each chosen label moves uniformly to a *different* class;
-- asymmetric: class c -> pairs[c] (a fixed pairing, e.g. T-shirt -> Shirt), only classes with a pair can flip;
+- asymmetric: class c -> pairs[c] (a fixed pairing, e.g. T-shirt -> Shirt); every class with a pair flips at
+  rate r, exactly round(r * n_c) of its n_c examples (the usual convention), and classes without a pair never
+  flip, so the overall corrupted share is below r;
 - matrix: a user-given row-stochastic C x C matrix T; a chosen example of class c takes class j != c with
   probability T[c, j] / (1 - T[c, c]) (so T sets *where* labels go, `ratio` how many move);
 - caption_swap: captions are exchanged among the chosen pairs by a derangement, so exactly the chosen image-text
@@ -25,13 +27,19 @@ from nml_jax import config_lib, defaults, files
 NOISE_FILE = "noise.npz"
 
 # Default class pairings for asymmetric noise: visually similar classes, as in the noisy-label literature.
+# T-shirt <-> Shirt, Pullover <-> Coat, Sandal <-> Sneaker.
+_FASHION_MNIST_PAIRS = {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 5}
+# 7 -> 1, 2 -> 7, 5 <-> 6, 3 -> 8 (Patrini et al. 2017).
+_MNIST_PAIRS = {7: 1, 2: 7, 5: 6, 6: 5, 3: 8}
+# truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog (Patrini et al. 2017).
+_CIFAR10_PAIRS = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+# Keyed by the exact dataset name (TFDS or embedded), never a substring: `cifar100` must not get CIFAR-10's.
 DEFAULT_PAIRS = {
-    # T-shirt <-> Shirt, Pullover <-> Coat, Sandal <-> Sneaker.
-    "fashion_mnist": {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 5},
-    # 7 -> 1, 2 -> 7, 5 <-> 6, 3 -> 8 (Patrini et al. 2017).
-    "mnist": {7: 1, 2: 7, 5: 6, 6: 5, 3: 8},
-    # truck -> automobile, bird -> airplane, deer -> horse, cat <-> dog (Patrini et al. 2017).
-    "cifar10": {9: 1, 2: 0, 4: 7, 3: 5, 5: 3},
+    "fashion_mnist": _FASHION_MNIST_PAIRS,
+    "nml_fashion_mnist": _FASHION_MNIST_PAIRS,
+    "mnist": _MNIST_PAIRS,
+    "nml_mnist5k": _MNIST_PAIRS,
+    "cifar10": _CIFAR10_PAIRS,
 }
 
 
@@ -102,15 +110,17 @@ def symmetric_noise(
 def asymmetric_noise(
     labels: np.ndarray, pairs: dict[int, int], ratio: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Returns noisy labels: round(ratio*N) examples, chosen among classes c with pairs[c] != c, become pairs[c]."""
+    """Returns noisy labels: in every class c with pairs[c] != c, round(ratio * n_c) of its n_c examples become
+    pairs[c]; other classes keep their labels. Classes are drawn in increasing order from one generator."""
     labels = np.asarray(labels, dtype=np.int64)
     table = np.arange(max([*pairs.keys(), *pairs.values(), int(labels.max())]) + 1)
     for src, dst in pairs.items():
         table[src] = dst
-    eligible = np.flatnonzero(table[labels] != labels)
     noisy = labels.copy()
-    chosen = _choose(eligible, num_corrupted(ratio, labels.size), rng, "asymmetric")
-    noisy[chosen] = table[labels[chosen]]
+    for c in np.flatnonzero(table != np.arange(table.size)):
+        members = np.flatnonzero(labels == c)
+        chosen = _choose(members, num_corrupted(ratio, members.size), rng, "asymmetric")
+        noisy[chosen] = table[c]
     return noisy
 
 
@@ -158,9 +168,10 @@ def realised_transition(clean: np.ndarray, noisy: np.ndarray, num_classes: int) 
 
 
 def default_pairs(dataset: str) -> dict[int, int]:
-    for key, pairs in DEFAULT_PAIRS.items():
-        if key in dataset:
-            return pairs
+    """The pairing of `dataset` by its exact name; a TFDS version suffix (`cifar10:3.0.2`) is ignored."""
+    name = dataset.split(":", 1)[0]
+    if name in DEFAULT_PAIRS:
+        return DEFAULT_PAIRS[name]
     raise config_lib.ConfigError(
         f"No default asymmetric pairing for dataset {dataset!r} (known: {sorted(DEFAULT_PAIRS)}); "
         "set config.noise.pairs, e.g. {0: 6, 6: 0}."

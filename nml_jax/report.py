@@ -1,6 +1,7 @@
-"""The human view of results.csv and spectrum.json: tables, the paper's claims checked, figures.
+"""The human view of results.csv and spectrum.json: tables, the paper's claims tested, figures.
 
 Pure functions of rows and spectra (no training), so a report can be rebuilt from the files of any workdir.
+The statistics of the claims (one number per seed, t intervals, Holm's correction) are in nml_jax.stats.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from nml_jax import files
+from nml_jax import files, stats
 from nml_jax.defaults import METHODS
 from nml_jax.results import Row
 
@@ -55,100 +56,390 @@ def mean_std(values: np.ndarray) -> str:
     return f"{100 * np.mean(values):.1f} ± {spread}"
 
 
-def paired_verdict(diffs: np.ndarray) -> str:
-    """'supported' when the mean paired difference is > 0 by more than two standard errors, 'contradicted' when
-    < 0 by as much, 'inconclusive' otherwise (always with fewer than 2 pairs)."""
-    if len(diffs) < 2:
-        return "inconclusive (one seed)" if len(diffs) else "no data"
-    se = np.std(diffs, ddof=1) / math.sqrt(len(diffs))
-    mean = float(np.mean(diffs))
-    if mean > 2 * se and mean > 0:
-        return "supported"
-    if mean < -2 * se and mean < 0:
-        return "contradicted"
-    return "inconclusive"
+# The embedded study pre-trains on Fashion-MNIST, whose ID task (and test domain) is named `fashion_mnist`.
+PRETRAIN_DOMAINS = ("fashion_mnist",)
+# A test set whose clean (noise 0) LP accuracy is at most this multiple of chance is flagged as near chance.
+CHANCE_FACTOR = 1.5
+NOT_TESTABLE = "not testable"
+# Claim id -> (statement, unit). Each estimate is signed so that > 0 is the claim's direction.
+CLAIMS = {
+    "slight_noise_helps_id": (
+        "Slight noise (0 < r <= 0.1) raises ID accuracy (LP): noisy minus clean",
+        "accuracy points",
+    ),
+    "noise_hurts_ood": (
+        "Any noise (r > 0) lowers OOD accuracy (LP): clean minus noisy",
+        "accuracy points",
+    ),
+    "noise_raises_sve": ("Noise (r > 0) raises SVE: noisy minus clean", "nats"),
+    "noise_raises_lsvr": ("Noise (r > 0) raises LSVR: noisy minus clean", "nats"),
+    "nmtune_beats_lp_id": ("NMTune beats LP on ID sets: NMTune minus LP", "accuracy points"),
+    "nmtune_beats_lp_ood": ("NMTune beats LP on OOD sets: NMTune minus LP", "accuracy points"),
+    "nmtune_beats_mlp_id": ("NMTune beats MLP on ID sets: NMTune minus MLP", "accuracy points"),
+    "nmtune_beats_mlp_ood": ("NMTune beats MLP on OOD sets: NMTune minus MLP", "accuracy points"),
+}
+
+TestSet = tuple[str, str]  # (task, test_domain)
 
 
-def _paired(a: dict[tuple[float, int], float], b: dict[tuple[float, int], float]) -> np.ndarray:
-    """a - b over the (noise, seed) keys both have."""
-    keys = sorted(set(a) & set(b))
-    return np.array([a[k] - b[k] for k in keys])
+def _run_key(r: Row) -> tuple[float, int]:
+    return noise_key(r.noise_ratio), r.seed
 
 
-def _at(per_seed: dict[tuple[float, int], float], noise: float) -> dict[int, float]:
-    return {seed: v for (n, seed), v in per_seed.items() if n == noise}
+def _run_label(run: tuple[float, int]) -> str:
+    return f"noise {noise_label(run[0])} seed {run[1]}"
 
 
-def _noise_diffs(per_seed, high: Iterable[float], low: float = 0.0) -> np.ndarray:
-    """Per seed: value at each noise in `high` minus value at `low` (same seed)."""
-    base = _at(per_seed, low)
-    diffs = []
-    for noise in high:
-        for seed, value in _at(per_seed, noise).items():
-            if seed in base:
-                diffs.append(value - base[seed])
-    return np.array(diffs)
+def _set_label(test_set: TestSet) -> str:
+    return f"{test_set[0]}/{test_set[1]}"
+
+
+def check_runs(rows: list[Row]) -> None:
+    """Raises ValueError unless every run (noise, seed) has the same methods, each on the same test sets.
+
+    Paired and noise claims compare runs; a method or test set present in some runs only would compare
+    different things, so the error names what differs and where.
+    """
+    methods: dict[tuple[float, int], set[str]] = defaultdict(set)
+    sets: dict[tuple[float, int, str], set[tuple[str, str, str]]] = defaultdict(set)
+    for r in rows:
+        methods[_run_key(r)].add(r.method)
+        sets[(*_run_key(r), r.method)].add((r.kind, r.task, r.test_domain))
+    _check_same(methods, "method sets", _run_label)
+    _check_same(sets, "test sets", lambda k: f"{_run_label(k[:2])} {k[2]}")
+
+
+def _check_same(groups: dict, what: str, label) -> None:
+    variants: dict[frozenset, list] = defaultdict(list)
+    for key, members in sorted(groups.items()):
+        variants[frozenset(members)].append(key)
+    if len(variants) <= 1:
+        return
+    common = max(variants, key=lambda v: len(variants[v]))
+    lines = []
+    for members, keys in variants.items():
+        where = ", ".join(label(k) for k in keys[:4]) + (
+            f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+        )
+        diff = ""
+        if members != common:
+            missing, extra = sorted(map(str, common - members)), sorted(map(str, members - common))
+            diff = f" (missing {missing}, extra {extra} against the most common set)"
+        lines.append(f"{where}: {sorted(map(str, members))}{diff}")
+    raise ValueError(
+        f"The results mix {what} across runs, so runs cannot be compared:\n  " + "\n  ".join(lines)
+    )
+
+
+def chance_level(value: float) -> float:
+    """A number of classes (>= 1) becomes 1 / value; a value in (0, 1) already is the chance level."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"chance={value!r}: expected a number of classes or a chance level in (0, 1)."
+        )
+    return 1.0 / value if value >= 1 else float(value)
+
+
+def near_chance(
+    rows: list[Row], chance: dict[str, float] | None
+) -> tuple[dict[TestSet, tuple[float, float]], str]:
+    """Test sets whose clean LP accuracy is at most CHANCE_FACTOR x chance, and a sentence on what was done.
+
+    The clean LP accuracy of a set is its mean over seeds at noise 0. `chance` maps a test domain to its number
+    of classes or its chance level; nothing is inferred, so without it (or without clean LP rows) nothing is
+    flagged. Returns {(task, test_domain): (clean accuracy, chance level)}.
+    """
+    if chance is None:
+        return (
+            {},
+            "No chance levels were given, so no test set is flagged as near chance (none is inferred).",
+        )
+    clean: dict[TestSet, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.method == "lp" and noise_key(r.noise_ratio) == 0.0:
+            clean[(r.task, r.test_domain)].append(r.accuracy)
+    if not clean:
+        return (
+            {},
+            "No clean (noise 0) LP accuracy in these results, so no test set is flagged as near chance.",
+        )
+    flagged, unknown = {}, []
+    for test_set, accs in sorted(clean.items()):
+        if test_set[1] not in chance:
+            unknown.append(_set_label(test_set))
+            continue
+        level = chance_level(chance[test_set[1]])
+        if np.mean(accs) <= CHANCE_FACTOR * level:
+            flagged[test_set] = (float(np.mean(accs)), level)
+    note = (
+        f"Test sets whose clean (noise 0) LP accuracy is at most {CHANCE_FACTOR:g} x chance are near chance: "
+        + (
+            ", ".join(
+                f"{_set_label(k)} ({100 * a:.1f}% vs chance {100 * c:.1f}%)"
+                for k, (a, c) in flagged.items()
+            )
+            if flagged
+            else "none"
+        )
+        + ". They are marked in the per-set table and left out of the claims and the mean-accuracy tables."
+    )
+    if unknown:
+        note += f" No chance level given (not checked): {', '.join(unknown)}."
+    return flagged, note
+
+
+def _sets(rows: list[Row], kind: str, keep) -> list[TestSet]:
+    return sorted({(r.task, r.test_domain) for r in rows if r.kind == kind and keep(r)})
+
+
+def _set_means(rows: list[Row], method: str, sets: list[TestSet]) -> dict[tuple[float, int], float]:
+    """{(noise, seed): mean accuracy in points over `sets`} of `method`."""
+    wanted = set(sets)
+    groups: dict[tuple[float, int], list[float]] = defaultdict(list)
+    for r in rows:
+        if r.method == method and (r.task, r.test_domain) in wanted:
+            groups[_run_key(r)].append(100 * r.accuracy)
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+def _per_seed(
+    rows, spectra, claim: str, sets: list[TestSet]
+) -> tuple[dict[int, float], list[float], str]:
+    """One claim on `sets`: ({seed: number}, noise levels used, note when it cannot be computed)."""
+    if claim.startswith("nmtune_beats_"):
+        base = claim.split("_")[2]
+        present = {r.method for r in rows}
+        missing = sorted({"nmtune", base} - present)
+        if missing:
+            return {}, [], f"no {' or '.join(METHOD_NAMES[m] for m in missing)} rows"
+        tuned, other = _set_means(rows, "nmtune", sets), _set_means(rows, base, sets)
+        levels = sorted({n for n, _ in set(tuned) & set(other)})
+        return stats.paired_per_seed(tuned, other), levels, ""
+    if claim.startswith("noise_raises_"):
+        metric = claim.rsplit("_", 1)[1]
+        values = {(noise_key(n), s): v[metric] for (n, s), v in spectra.items() if metric in v}
+    else:
+        if "lp" not in {r.method for r in rows}:
+            return {}, [], "no LP rows"
+        values = _set_means(rows, "lp", sets)
+    if not values:
+        return {}, [], "no data"
+    noises = sorted({n for n, _ in values if n >= 0})
+    if 0.0 not in noises:
+        return (
+            {},
+            [],
+            (
+                "no clean (noise 0) run: noise claims compare each seed with its own clean run; "
+                f"noise levels present: {[noise_label(n) for n in sorted({n for n, _ in values})]}"
+            ),
+        )
+    if claim == "slight_noise_helps_id":
+        levels = [n for n in noises if 0 < n <= 0.1]
+    else:
+        levels = [n for n in noises if n > 0]
+    if not levels:
+        return {}, [], "no noisy run in the claim's range"
+    per_seed = stats.noise_effect_per_seed(values, levels)
+    if claim == "noise_hurts_ood":
+        per_seed = {s: -d for s, d in per_seed.items()}
+    return per_seed, [0.0, *levels], ""
+
+
+def _interval(values) -> list[float] | None:
+    return list(stats.t_interval(values, 0.95)) if len(values) >= 2 else None
+
+
+def _descriptive(rows, spectra, claim: str, scope: str, sets: list[TestSet]) -> dict:
+    per_seed, levels, note = _per_seed(rows, spectra, claim, sets)
+    values = list(per_seed.values())
+    return {
+        "scope": scope,
+        "estimate": float(np.mean(values)) if values else None,
+        "ci95": _interval(values),
+        "n_seeds": len(values),
+        "tasks": [_set_label(k) for k in sets],
+        "noise_levels": levels,
+        "note": note,
+    }
 
 
 def claims(
-    rows: list[Row], spectra: dict[tuple[float, int], dict[str, float]]
-) -> list[tuple[str, str, str]]:
-    """The paper's claims, each with a verdict from these numbers and the evidence in words.
+    rows: list[Row],
+    spectra_by_run: dict[tuple[float, int], dict[str, float]],
+    *,
+    pretrain_domains: Iterable[str] = PRETRAIN_DOMAINS,
+    chance: dict[str, float] | None = None,
+) -> list[dict]:
+    """The paper's claims tested on these numbers, one JSON-ready dict per claim id of CLAIMS.
 
-    `spectra` maps (noise, seed) to {'sve': ..., 'lsvr': ...} (mean over the ID test sets).
+    Each claim is reduced to one number per seed (stats.noise_effect_per_seed for noise claims, with every
+    noise level compared with the same seed's clean run; stats.paired_per_seed for NMTune against a baseline),
+    in accuracy points for accuracy claims (mean over the claim's test sets of the run). The claims with
+    >= stats.MIN_SEEDS seeds are one Holm family (stats.judge). Test sets:
+
+    - ID claims: the ID test sets except those of `pretrain_domains` (a model is not transferred to its own
+      pre-training data); the pre-training set's own task is reported in `breakdown`, labelled as such.
+    - OOD claims: every OOD test set pooled, and each source task (train_domain) in `breakdown`.
+    - Any set flagged by `near_chance` (clean LP accuracy <= 1.5 x chance, from `chance`) is left out.
+    - SVE/LSVR: the per-run values of `spectra_by_run` ({(noise, seed): {'sve', 'lsvr'}}).
+
+    Returns dicts with "claim", "statement", "unit", "estimate", "ci95" ([lo, hi], uncorrected 95% t interval),
+    "ci_holm" and "ci_holm_level" (the interval that agrees with the verdict), "p", "p_holm", "n_seeds",
+    "verdict" (supported / contradicted / inconclusive / too few seeds / not testable), "tasks", "noise_levels",
+    "per_seed" ([[seed, number], ...]), "note" and "breakdown" (descriptive, no verdicts). Raises ValueError
+    when runs have different methods or test sets (check_runs).
     """
+    check_runs(rows)
+    pretrain = set(pretrain_domains)
+    flagged, _ = near_chance(rows, chance)
+    usable = lambda r: (r.task, r.test_domain) not in flagged
+    id_sets = _sets(rows, "id", lambda r: usable(r) and r.test_domain not in pretrain)
+    own_sets = _sets(rows, "id", lambda r: usable(r) and r.test_domain in pretrain)
+    ood_sets = _sets(rows, "ood", usable)
+    sources = sorted({r.train_domain for r in rows if r.kind == "ood" and usable(r)})
+    per_seed, info = {}, {}
+    for claim in CLAIMS:
+        spectral = claim.startswith("noise_raises_")
+        sets = [] if spectral else id_sets if claim.endswith("_id") else ood_sets
+        if sets or spectral:
+            values, levels, note = _per_seed(rows, spectra_by_run, claim, sets)
+        else:
+            values, levels, note = {}, [], "no test set of this kind is left for this claim"
+        if not note:
+            per_seed[claim] = [values[s] for s in sorted(values)]
+        breakdown = []
+        if claim.endswith("_id"):
+            breakdown = [
+                _descriptive(
+                    rows, spectra_by_run, claim, f"pre-training set {k[1]} (not in the claim)", [k]
+                )
+                for k in own_sets
+            ]
+        elif claim.endswith("_ood"):
+            for source in sources:
+                src_sets = _sets(rows, "ood", lambda r, s=source: usable(r) and r.train_domain == s)
+                label = f"source {source}" + (
+                    " (the pre-training set)" if source in pretrain else ""
+                )
+                breakdown.append(_descriptive(rows, spectra_by_run, claim, label, src_sets))
+        info[claim] = (values, levels, note, sets, breakdown)
+    verdicts = stats.judge(per_seed)
     out = []
-    id_lp, ood_lp = seed_means(rows, "id", "lp"), seed_means(rows, "ood", "lp")
-    noises = sorted({n for n, _ in id_lp})
-    slight = [n for n in noises if 0 < n <= 0.1]
-    if 0.0 in noises and slight:
-        d = _noise_diffs(id_lp, slight)
+    for claim, (statement, unit) in CLAIMS.items():
+        values, levels, note, sets, breakdown = info[claim]
+        v = verdicts.get(claim)
+        if claim.startswith("noise_raises_") and not note:
+            note = (
+                "per-run values of spectra_by_run (downstream.mean_spectrum: the mean over every ID test set, "
+                "the pre-training set included)"
+            )
         out.append(
-            (
-                "Slight noise (5-10%) raises ID accuracy (LP)",
-                paired_verdict(d),
-                f"mean change {100 * d.mean():+.2f} points over {len(d)} (noise, seed) pairs",
-            )
+            {
+                "claim": claim,
+                "statement": statement,
+                "unit": unit,
+                "estimate": v.estimate if v else None,
+                "ci95": list(v.ci95) if v and v.ci95 else None,
+                "ci_holm": list(v.ci_holm) if v and v.ci_holm else None,
+                "ci_holm_level": v.level if v else None,
+                "p": v.p if v else None,
+                "p_holm": v.p_holm if v else None,
+                "n_seeds": v.n if v else 0,
+                "verdict": v.verdict if v else NOT_TESTABLE,
+                "tasks": [_set_label(k) for k in sets],
+                "noise_levels": levels,
+                "per_seed": [[s, values[s]] for s in sorted(values)],
+                "note": note,
+                "breakdown": breakdown,
+            }
         )
-    noisy = [n for n in noises if n > 0]
-    if 0.0 in noises and noisy:
-        d = -_noise_diffs(ood_lp, noisy)
-        out.append(
-            (
-                "Any noise lowers OOD accuracy (LP)",
-                paired_verdict(d),
-                f"mean drop {100 * d.mean():+.2f} points over {len(d)} (noise, seed) pairs",
-            )
-        )
-        for metric in ("sve", "lsvr"):
-            per_seed = {k: v[metric] for k, v in spectra.items() if metric in v}
-            d = _noise_diffs(per_seed, noisy)
-            out.append(
-                (
-                    f"Noise raises {metric.upper()}",
-                    paired_verdict(d),
-                    f"mean change {d.mean():+.4f} over {len(d)} (noise, seed) pairs"
-                    if len(d)
-                    else "no data",
-                )
-            )
-    for kind in ("id", "ood"):
-        tuned = seed_means(rows, kind, "nmtune")
-        for base in ("lp", "mlp"):
-            d = _paired(tuned, seed_means(rows, kind, base))
-            if len(d):
-                out.append(
-                    (
-                        f"NMTune beats {METHOD_NAMES[base]} ({kind.upper()})",
-                        paired_verdict(d),
-                        f"mean gain {100 * d.mean():+.2f} points over {len(d)} (noise, seed) runs",
-                    )
-                )
     return out
 
 
-def accuracy_table(rows: list[Row], kind: str) -> str:
-    """Markdown: noise ratio x method, mean ± std over seeds of the mean accuracy over every `kind` test set."""
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.2f}" if unit == "accuracy points" else f"{value:+.4f}"
+
+
+def _fmt_interval(interval: list[float] | None, unit: str) -> str:
+    if not interval:
+        return "–"
+    return f"[{_fmt(interval[0], unit)}, {_fmt(interval[1], unit)}]"
+
+
+def claims_markdown(results: list[dict], pretrain_domains: Iterable[str], chance_note: str) -> str:
+    """The claims section of report.md: verdict table, how it was computed, the descriptive breakdown."""
+    lines = [
+        "| claim | estimate | 95% interval | Holm interval (level) | seeds | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in results:
+        level = f" ({100 * c['ci_holm_level']:.2f}%)" if c["ci_holm_level"] else ""
+        verdict = c["verdict"] + (f": {c['note']}" if c["verdict"] == NOT_TESTABLE else "")
+        lines.append(
+            f"| `{c['claim']}`: {c['statement']} | {_fmt(c['estimate'], c['unit'])} | "
+            f"{_fmt_interval(c['ci95'], c['unit'])} | {_fmt_interval(c['ci_holm'], c['unit'])}{level} | "
+            f"{c['n_seeds']} | {verdict} |"
+        )
+    lines += [
+        "",
+        "Estimates are in accuracy points (SVE and LSVR in nats), signed so that > 0 is the claim's direction. "
+        "Each claim is first reduced to ONE number per seed: a noise claim averages, over the noise levels "
+        "listed, the change from the same seed's clean (noise 0) run; an NMTune claim averages, over the seed's "
+        "runs, NMTune minus the baseline on the same features. Accuracy claims average the test sets listed "
+        "below. The interval is the two-sided t interval over seeds (n - 1 degrees of freedom). The m claims "
+        f"with at least {stats.MIN_SEEDS} seeds are corrected together with Holm's method: a claim is "
+        "'supported' or 'contradicted' (the sign decides) when its Holm-adjusted p < 0.05, else "
+        "'inconclusive'. Its Holm interval is at level 1 - 0.05 / (m - r + 1), with r its rank among the "
+        "p-values (r stops growing at the first rank Holm does not reject), so it excludes 0 exactly for "
+        f"those verdicts. Fewer than {stats.MIN_SEEDS} seeds: 'too few seeds', no test.",
+        "",
+        f"ID claims leave out the pre-training set's own test set ({', '.join(sorted(pretrain_domains))}): "
+        "a model is not transferred to its own pre-training data"
+        + (
+            "; it is in the breakdown below, labelled. "
+            if any(
+                b["scope"].startswith("pre-training set") for c in results for b in c["breakdown"]
+            )
+            else " (no such set in these results). "
+        )
+        + chance_note,
+        "",
+        "Per-seed numbers, noise levels and test sets of each claim:",
+        "",
+    ]
+    for c in results:
+        if c["verdict"] == NOT_TESTABLE:
+            continue
+        seeds = ", ".join(f"{s}: {_fmt(v, c['unit'])}" for s, v in c["per_seed"])
+        levels = ", ".join(noise_label(n) for n in c["noise_levels"])
+        where = f"{len(c['tasks'])} test sets: {', '.join(c['tasks'])}" if c["tasks"] else c["note"]
+        lines.append(f"- `{c['claim']}`: seeds {{{seeds}}}; noise levels {levels}; {where}")
+    rows = [(c, b) for c in results for b in c["breakdown"]]
+    if rows:
+        lines += [
+            "",
+            "### Breakdown (descriptive: uncorrected 95% t intervals, no verdicts)",
+            "",
+            "| claim | scope | estimate | 95% interval | seeds | test sets |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c, b in rows:
+            sets = b["note"] or f"{len(b['tasks'])}: {', '.join(b['tasks'])}"
+            lines.append(
+                f"| `{c['claim']}` | {b['scope']} | {_fmt(b['estimate'], c['unit'])} | "
+                f"{_fmt_interval(b['ci95'], c['unit'])} | {b['n_seeds']} | {sets} |"
+            )
+    return "\n".join(lines)
+
+
+def accuracy_table(rows: list[Row], kind: str, exclude: Iterable[TestSet] = ()) -> str:
+    """Markdown: noise ratio x method, mean ± std over seeds of the mean accuracy over the `kind` test sets,
+    except the (task, test_domain) sets in `exclude`."""
+    left_out = set(exclude)
+    rows = [r for r in rows if (r.task, r.test_domain) not in left_out]
     methods = [m for m in METHODS if any(r.method == m for r in rows)]
     columns = {m: by_noise(seed_means(rows, kind, m)) for m in methods}
     noises = sorted({n for col in columns.values() for n in col})
@@ -163,8 +454,12 @@ def accuracy_table(rows: list[Row], kind: str) -> str:
     return "\n".join(lines)
 
 
-def domain_table(rows: list[Row]) -> str:
-    """Markdown: every (kind, task, test domain) x method, mean over seeds and noise levels given."""
+def domain_table(rows: list[Row], marks: dict[TestSet, str] | None = None) -> str:
+    """Markdown: every (kind, task, test domain) x method, mean over seeds and noise levels given.
+
+    `marks` adds a note in brackets after a (task, test_domain), e.g. 'near chance'.
+    """
+    marks = marks or {}
     methods = [m for m in METHODS if any(r.method == m for r in rows)]
     cells: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(
         lambda: defaultdict(list)
@@ -177,7 +472,8 @@ def domain_table(rows: list[Row]) -> str:
     ]
     for (kind, task, domain), by_method in sorted(cells.items()):
         values = " | ".join(mean_std(np.array(by_method.get(m, []))) for m in methods)
-        lines.append(f"| {kind} | {task} | {domain} | {values} |")
+        mark = f" ({marks[(task, domain)]})" if (task, domain) in marks else ""
+        lines.append(f"| {kind} | {task} | {domain}{mark} | {values} |")
     return "\n".join(lines)
 
 
@@ -194,41 +490,54 @@ def spectrum_table(spectra: dict[tuple[float, int], dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(rows: list[Row], spectra, title: str, figures: Iterable[str] = ()) -> str:
-    """The whole report.md."""
+def markdown(
+    rows: list[Row],
+    spectra,
+    title: str,
+    figures: Iterable[str] = (),
+    *,
+    pretrain_domains: Iterable[str] = PRETRAIN_DOMAINS,
+    chance: dict[str, float] | None = None,
+) -> str:
+    """The whole report.md; `pretrain_domains` and `chance` as in `claims`."""
+    pretrain_domains = tuple(pretrain_domains)
     seeds = sorted({r.seed for r in rows})
+    flagged, chance_note = near_chance(rows, chance)
+    own = set(_sets(rows, "id", lambda r: r.test_domain in pretrain_domains))
+    marks = {k: "pre-training set, not in the ID claims" for k in own}
+    marks.update({k: "near chance, left out of the claims and means" for k in flagged})
+    left_out = {
+        kind: sorted(
+            (own if kind == "id" else set())
+            | (set(flagged) & set(_sets(rows, kind, lambda r: True)))
+        )
+        for kind in ("id", "ood")
+    }
     parts = [
         f"# {title}",
         "",
         f"Seeds: {seeds} ({len(seeds)}). Accuracy in percent, mean ± std over seeds (std '–' with one seed).",
         "",
-        "## In-domain (ID) mean accuracy",
-        accuracy_table(rows, "id"),
-        "",
-        "## Out-of-domain (OOD) mean accuracy",
-        accuracy_table(rows, "ood"),
-        "",
     ]
+    for kind, name in (("id", "In-domain (ID)"), ("ood", "Out-of-domain (OOD)")):
+        parts += [
+            f"## {name} mean accuracy (left out: {', '.join(map(_set_label, left_out[kind])) or 'none'})",
+            accuracy_table(rows, kind, exclude=left_out[kind]),
+            "",
+        ]
     if spectra:
         parts += ["## Feature spectrum (mean over ID test sets)", spectrum_table(spectra), ""]
-    verdicts = claims(rows, spectra)
-    if verdicts:
+    if rows or spectra:
+        results = claims(rows, spectra, pretrain_domains=pretrain_domains, chance=chance)
         parts += [
             "## The paper's claims against these numbers",
             "",
-            "| claim | verdict | evidence |",
-            "|---|---|---|",
-        ]
-        parts += [f"| {c} | {v} | {e} |" for c, v, e in verdicts]
-        parts += [
-            "",
-            "A verdict is 'supported' when the mean paired difference over (noise, seed) pairs exceeds two "
-            "standard errors, 'contradicted' when it does so in the other direction, else 'inconclusive'.",
+            claims_markdown(results, pretrain_domains, chance_note),
             "",
         ]
     parts += [
         "## Every test set (mean ± std over every run above, all noise levels together)",
-        domain_table(rows),
+        domain_table(rows, marks),
         "",
     ]
     for fig in figures:

@@ -70,19 +70,46 @@ def test_transition_matches_flip_fraction(labels):
         np.testing.assert_allclose(1 - t[c, c], out["is_noisy"][in_class].mean())
 
 
-def test_asymmetric_follows_pairs(labels):
+def test_asymmetric_flips_each_paired_class_at_rate_r(labels):
     pairs = noise.DEFAULT_PAIRS["fashion_mnist"]
     out = noise.make_label_noise(labels, 10, _config("asymmetric", 0.2).noise, "nml_fashion_mnist")
     flipped = out["is_noisy"]
-    assert flipped.sum() == round(0.2 * labels.size)
+    for c in range(10):
+        in_class = labels == c
+        expected = round(0.2 * in_class.sum()) if c in pairs else 0
+        assert flipped[in_class].sum() == expected, f"class {c}"
+    assert flipped.sum() < round(0.2 * labels.size)  # Classes 1, 3, 8, 9 have no pair.
     for clean, noisy in zip(labels[flipped], out["noisy_labels"][flipped]):
         assert pairs[int(clean)] == noisy
 
 
-def test_asymmetric_too_many_for_eligible_classes(labels):
-    config = _config("asymmetric", 0.9, pairs={0: 6})
-    with pytest.raises(config_lib.ConfigError, match="eligible"):
-        noise.make_label_noise(labels, 10, config.noise)
+def test_asymmetric_one_pair_and_high_ratio(labels):
+    out = noise.make_label_noise(labels, 10, _config("asymmetric", 0.9, pairs={0: 6}).noise)
+    class0 = labels == 0
+    assert out["is_noisy"].sum() == out["is_noisy"][class0].sum() == round(0.9 * class0.sum())
+    np.testing.assert_allclose(out["transition"][0, [0, 6]], [0.1, 0.9], atol=0.5 / class0.sum())
+
+
+@pytest.mark.parametrize(
+    "dataset, key",
+    [
+        ("nml_fashion_mnist", "fashion_mnist"),
+        ("fashion_mnist", "fashion_mnist"),
+        ("nml_mnist5k", "mnist"),
+        ("cifar10", "cifar10"),
+        ("cifar10:3.0.2", "cifar10"),
+    ],
+)
+def test_default_pairs_by_exact_dataset_name(dataset, key):
+    assert noise.default_pairs(dataset) == noise.DEFAULT_PAIRS[key]
+
+
+@pytest.mark.parametrize("dataset", ["cifar100", "emnist", "nml_fashion_mnist_sketch"])
+def test_default_pairs_never_match_a_substring(dataset):
+    with pytest.raises(
+        config_lib.ConfigError, match=f"No default asymmetric pairing for dataset '{dataset}'"
+    ):
+        noise.default_pairs(dataset)
 
 
 def test_asymmetric_unknown_class_rejected(labels):

@@ -1,6 +1,5 @@
 """Tests for the MiniLM encoder, the text sets and the cached text features."""
 
-import collections
 import importlib.util
 import os
 import re
@@ -119,10 +118,13 @@ def test_sets_share_one_label_space_and_drug_reviews_are_clean():
 def test_airline_split_is_stratified_and_deterministic():
     train_texts, _ = text.load("airline", "train")
     test_texts, test_labels = text.load("airline", "test")
-    assert len(train_texts) + len(test_texts) == 14640
+    # 14,640 tweets, 213 exact-text repeats, 25 texts whose copies disagree on the label (dropped).
+    assert len(train_texts) + len(test_texts) == 14402
     all_texts, _ = text._tweets_of(("airline",))
-    assert collections.Counter(train_texts + test_texts) == collections.Counter(all_texts)
-    assert tuple(np.bincount(test_labels)) == (1836, 620, 473)  # round(0.2 * n_c) per class
+    assert len(set(all_texts)) == 14427
+    assert len(set(train_texts + test_texts)) == 14402 and not set(train_texts) & set(test_texts)
+    assert set(train_texts + test_texts) <= set(all_texts)
+    assert tuple(np.bincount(test_labels)) == (1816, 609, 455)  # round(0.2 * n_c) per class
     again_texts, again_labels = text.load("airline", "test")
     assert again_texts == test_texts
     np.testing.assert_array_equal(again_labels, test_labels)
@@ -134,6 +136,13 @@ def test_airline_split_is_stratified_and_deterministic():
     np.testing.assert_array_equal(np.sort(np.concatenate([train0, test0])), np.arange(100))
     with pytest.raises(ValueError, match=r"test_fraction=1\.5"):
         text.stratified_split(labels, 1.5, seed=0)
+
+
+def test_unique_texts_keeps_one_copy_and_drops_disagreeing_labels():
+    texts = ["a", "b", "a", "c", "b", "d", "a"]
+    labels = np.array([0, 1, 0, 2, 2, 1, 0])
+    # "a" x3 with one label: first copy kept; "b" has labels 1 and 2: dropped; "c", "d" unique.
+    np.testing.assert_array_equal(text.unique_texts(texts, labels), [0, 3, 5])
 
 
 def test_bucketing_helpers():

@@ -3,8 +3,8 @@
 Every set returns `(texts: list[str], labels: int32 [N])` in one label space {0: negative, 1:
 neutral, 2: positive}:
 
-- `airline` (train/test): US-airline tweets, a seeded stratified 80/20 split. The ID task and OOD
-  source.
+- `airline` (train/test): US-airline tweets, de-duplicated by exact text (see `unique_texts`), then a
+  seeded stratified 80/20 split, so no test tweet appears verbatim in train. The ID task and OOD source.
 - `apple`: tweets about Apple. `other_topics`: tweets about deflategate, driverless cars, Coachella
   and Claritin. Both are OOD targets with the same classes (same crowd-labelling, other topics).
 - `drug_reviews` (train/test/all): drugs.com patient reviews, a different register and domain.
@@ -177,6 +177,23 @@ def stratified_split(
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
+def unique_texts(texts: list[str], labels: np.ndarray) -> np.ndarray:
+    """Sorted indices of one copy (the first) of each distinct text whose copies all carry one label.
+
+    Exact-text duplicates would otherwise land on both sides of a split; a text whose copies disagree on the
+    label has no single label, so all its copies are dropped (the file is sorted by sentiment, so keeping the
+    first copy would always keep the most negative label).
+    """
+    first: dict[str, int] = {}
+    ambiguous: set[str] = set()
+    for i, t in enumerate(texts):
+        if t not in first:
+            first[t] = i
+        elif labels[first[t]] != labels[i]:
+            ambiguous.add(t)
+    return np.array(sorted(i for t, i in first.items() if t not in ambiguous), dtype=np.int64)
+
+
 def _tweets_of(topic_names: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
     texts, labels, topics = load_tweets()
     rows = np.flatnonzero(np.isin(topics, [TOPICS.index(t) for t in topic_names]))
@@ -218,8 +235,9 @@ def load(name: str, split: str = "all") -> tuple[list[str], np.ndarray]:
         )
     if name == "airline":
         texts, labels = _tweets_of(("airline",))
-        train, test = stratified_split(labels, AIRLINE_TEST_FRACTION, AIRLINE_SPLIT_SEED)
-        rows = train if split == "train" else test
+        keep = unique_texts(texts, labels)
+        train, test = stratified_split(labels[keep], AIRLINE_TEST_FRACTION, AIRLINE_SPLIT_SEED)
+        rows = keep[train if split == "train" else test]
         return [texts[i] for i in rows], labels[rows]
     if name == "apple":
         return _tweets_of(("apple",))
