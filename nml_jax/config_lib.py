@@ -19,7 +19,11 @@ from typing import Any
 import ml_collections
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Bad input from the user (a config value, a file, a workdir): `main` prints its message as one line."""
+
+
+class ConfigError(UserError, ValueError):
     """A config value is invalid; the message names the key, the value and what was expected."""
 
 

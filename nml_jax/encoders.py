@@ -35,7 +35,7 @@ CARD_FILE = "model.json"
 KINDS = ("classifier", "clip")
 
 
-class ModelCardError(ValueError):
+class ModelCardError(config_lib.UserError, ValueError):
     """A workdir's model card is missing or malformed; the message names the file."""
 
 

@@ -368,7 +368,7 @@ def encoder_source(config, workdir: str) -> str:
 
 
 def load_task_features(config, workdir: str) -> tuple[list[TaskFeatures], dict[str, Any]]:
-    """Features of every task, and what identifies them (`noise_ratio`, `seed`, `source`) for results rows.
+    """Features of every task, and what identifies them (`noise_ratio`, `seed`, `source`, `pretrain_dataset`).
 
     For an encoder, the noise ratio and seed are those of the model card of the model that made the features.
     """
@@ -380,6 +380,7 @@ def load_task_features(config, workdir: str) -> tuple[list[TaskFeatures], dict[s
             "noise_ratio": math.nan if noise_ratio is None else noise_ratio,
             "seed": config.seed,
             "source": ",".join(paths),
+            "pretrain_dataset": None,
         }
         return [t for path in paths for t in load_npz(path)], meta
     source = encoder_source(config, workdir)
@@ -404,6 +405,7 @@ def load_task_features(config, workdir: str) -> tuple[list[TaskFeatures], dict[s
         "noise_ratio": float(encoder.card["noise_ratio"]),
         "seed": int(encoder.card["seed"]),
         "source": encoder.fingerprint,
+        "pretrain_dataset": encoder.config.get("dataset"),
     }
     return per_task, meta
 

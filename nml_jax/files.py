@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from nml_jax import config_lib
 
-class FileFormatError(ValueError):
+
+class FileFormatError(config_lib.UserError, ValueError):
     """A file the project reads back (model card, summary, done-marker) cannot be parsed."""
 
 

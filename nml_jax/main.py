@@ -32,6 +32,7 @@ STAGES = (
     "nmtune",
     "nmtune_text",
     "study",
+    "report",
 )
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
 
-from nml_jax import files, stats
+from nml_jax import config_lib, files, results, spectrum, stats
 from nml_jax.defaults import METHODS
 from nml_jax.results import Row
 
@@ -575,8 +576,143 @@ def plot_accuracy_vs_noise(rows: list[Row], path: str) -> None:
 REPORT_FILE = "report.md"
 
 
-def write(workdir: str, rows: list[Row], spectra, title: str, figures: Iterable[str] = ()) -> str:
-    """Writes `<workdir>/report.md` (figures given relative to the workdir) and returns its text."""
-    text = markdown(rows, spectra, title, figures=figures)
+CLAIMS_FILE = "claims.json"
+
+
+def write(
+    workdir: str,
+    rows: list[Row],
+    spectra,
+    title: str,
+    figures: Iterable[str] = (),
+    *,
+    pretrain_domains: Iterable[str] = PRETRAIN_DOMAINS,
+    chance: dict[str, float] | None = None,
+) -> str:
+    """Writes `<workdir>/report.md` (figures given relative to the workdir) and `<workdir>/claims.json` (the
+    claims as `claims` returns them); returns the report's text."""
+    context = {"pretrain_domains": tuple(pretrain_domains), "chance": chance}
+    files.write_json(os.path.join(workdir, CLAIMS_FILE), claims(rows, spectra, **context))
+    text = markdown(rows, spectra, title, figures=figures, **context)
     files.write_text(os.path.join(workdir, REPORT_FILE), text)
     return text
+
+
+def spectrum_points(rows: list[Row], spectra) -> list[dict]:
+    """Per run (noise, seed): the mean SVE and LSVR against the mean ID LP accuracy, for the scatter figure."""
+    id_lp = seed_means(rows, "id", "lp")
+    return [
+        {"label": f"noise {noise_label(run[0])}", **spectra[run], "accuracy": id_lp[run]}
+        for run in sorted(spectra)
+        if run in id_lp
+    ]
+
+
+def write_runs(
+    workdir: str,
+    rows: list[Row],
+    spectra,
+    title: str,
+    figures: Iterable[str] = (),
+    **context,
+) -> str:
+    """The report of many runs (a study, or results gathered by the `report` stage): accuracy against noise
+    and spectrum against accuracy figures, then `write` with them after `figures`."""
+    os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
+    made = ["figures/accuracy_vs_noise.png"]
+    plot_accuracy_vs_noise(rows, os.path.join(workdir, made[0]))
+    points = spectrum_points(rows, spectra)
+    if points:
+        made.append("figures/spectrum_vs_accuracy.png")
+        spectrum.plot_metric_vs_accuracy(points, os.path.join(workdir, made[-1]))
+    return write(workdir, rows, spectra, title, [*figures, *made], **context)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage `report`: one report from results gathered anywhere.
+
+
+def validate(config) -> None:
+    """Raises ConfigError unless `config.results` names existing results.csv files (and spectra, if given)."""
+    paths = _paths(config.results)
+    if not paths:
+        raise config_lib.ConfigError(
+            "config.results is empty; expected one or more results.csv paths, comma-separated."
+        )
+    for key, group in (("results", paths), ("spectra", _paths(config.spectra))):
+        for path in group:
+            if not os.path.isfile(path):
+                raise config_lib.ConfigError(f"config.{key}: {path!r} is not a file.")
+    if config.get("num_classes") is not None:
+        config_lib.check_positive_int("num_classes", config.num_classes)
+
+
+def _paths(spec: str) -> list[str]:
+    return [p.strip() for p in (spec or "").split(",") if p.strip()]
+
+
+def gather_rows(paths: Iterable[str]) -> list[Row]:
+    """The rows of every results.csv; a row key found twice with different accuracies is an error."""
+    merged: dict[tuple, tuple[Row, str]] = {}
+    for path in paths:
+        try:
+            rows = results.read(path)
+        except (ValueError, KeyError) as e:
+            raise config_lib.ConfigError(f"{path} is not a results.csv: {e}") from None
+        for row in rows:
+            seen = merged.get(row.key())
+            if seen and seen[0].accuracy != row.accuracy:
+                raise config_lib.ConfigError(
+                    f"{path} and {seen[1]} both hold {row.key()} with different accuracies "
+                    f"({row.accuracy} vs {seen[0].accuracy}); give each run once."
+                )
+            merged[row.key()] = (row, path)
+    return [row for row, _ in merged.values()]
+
+
+_RUN_KEY = re.compile(r"^noise(?P<noise>[0-9.eE+-]+)_seed(?P<seed>-?\d+)$")
+
+
+def read_spectra(
+    paths: Iterable[str], exclude: Iterable[str] = ()
+) -> dict[tuple[float, int], dict]:
+    """{(noise, seed): mean SVE/LSVR over the ID test sets} from spectrum.json files of single runs (transfer,
+    nmtune) or of a study ({"noise<r>_seed<s>": test sets})."""
+    out = {}
+    for path in paths:
+        data = files.read_json(path)
+        if "test_sets" in data:
+            runs = {(float(data["noise_ratio"]), int(data["seed"])): data["test_sets"]}
+        else:
+            runs = {}
+            for key, sets in data.items():
+                match = _RUN_KEY.match(key)
+                if not match:
+                    raise config_lib.ConfigError(
+                        f"{path}: {key!r} is not a run key like noise0.1_seed0."
+                    )
+                runs[(float(match["noise"]), int(match["seed"]))] = sets
+        for run, sets in runs.items():
+            chosen = [s for name, s in sets.items() if s["kind"] == "id" and name not in exclude]
+            out[run] = {m: float(np.mean([s[m] for s in chosen])) for m in ("sve", "lsvr")}
+    return out
+
+
+def run(config, workdir: str) -> dict:
+    """Stage `report`: report.md, claims.json and figures from the given results.csv (and spectrum.json) files."""
+    rows = gather_rows(_paths(config.results))
+    try:
+        check_runs(rows)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"The results cannot be compared: {e}") from None
+    pretrain_domains = tuple(d.strip() for d in config.pretrain_domains.split(",") if d.strip())
+    spectra = read_spectra(_paths(config.spectra), exclude=pretrain_domains)
+    domains = {r.test_domain for r in rows}
+    chance = (
+        None if config.get("num_classes") is None else dict.fromkeys(domains, config.num_classes)
+    )
+    text = write_runs(
+        workdir, rows, spectra, config.title, pretrain_domains=pretrain_domains, chance=chance
+    )
+    print(text.split("## Every test set")[0])
+    return {"rows": rows, "spectra": spectra}

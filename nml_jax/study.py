@@ -59,7 +59,7 @@ def validate(config) -> None:
 
 def run(config, workdir: str) -> dict[str, Any]:
     """Stage `study`: every (noise, seed) cell, then results.csv, spectrum.json, report.md and figures."""
-    rows, spectra, per_run = [], {}, {}
+    rows, per_run, context = [], {}, {}
     for seed in config.seeds:
         for ratio in config.ratios:
             logging.info("study cell: noise %g, seed %d", ratio, seed)
@@ -72,56 +72,38 @@ def run(config, workdir: str) -> dict[str, Any]:
             out = nmtune.run(cell, directory)
             rows += out["rows"]
             per_run[(float(ratio), int(seed))] = out["spectra"]
-            spectra[(float(ratio), int(seed))] = analyze.mean_spectrum(out["spectra"])
+            context = out["context"]  # The same suite in every cell.
+    spectra = {
+        run: analyze.mean_spectrum(sets, exclude=context["pretrain_domains"])
+        for run, sets in per_run.items()
+    }
     if parallel.is_main_process():
-        write_study_outputs(config, workdir, rows, spectra, per_run)
+        write_study_outputs(config, workdir, rows, spectra, per_run, context)
     return {"rows": rows, "spectra": spectra}
 
 
-def write_study_outputs(config, workdir, rows, spectra, per_run) -> None:
-    figures = os.path.join(workdir, "figures")
-    os.makedirs(figures, exist_ok=True)
+def write_study_outputs(config, workdir, rows, spectra, per_run, context) -> None:
+    """results.csv, spectrum.json, the spectra of every ID test set by noise level, and the report."""
     rows = results.write(os.path.join(workdir, transfer.RESULTS_FILE), rows)
     files.write_json(
         os.path.join(workdir, analyze.SPECTRUM_FILE),
         {f"noise{n:g}_seed{s}": sets for (n, s), sets in per_run.items()},
     )
+    os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
     paths = []
     first_seed = min(s for _, s in per_run)
-    for domain in sorted(next(iter(per_run.values()))):
-        if per_run[next(iter(per_run))][domain]["kind"] != "id":
-            continue
-        path = os.path.join(figures, f"spectra_{domain}.png")
+    first = per_run[min(per_run)]
+    for domain in sorted(d for d, sets in first.items() if sets["kind"] == "id"):
+        paths.append(f"figures/spectra_{domain}.png")
         spectrum.plot_spectra(
             {
                 f"noise {n:g}": sets[domain]["singular_values"]
                 for (n, s), sets in sorted(per_run.items())
                 if s == first_seed
             },
-            path,
+            os.path.join(workdir, paths[-1]),
             title=f"{domain} test features by pre-training noise (seed {first_seed})",
         )
-        paths.append(path)
-    path = os.path.join(figures, "accuracy_vs_noise.png")
-    report.plot_accuracy_vs_noise(rows, path)
-    paths.append(path)
-    points = []
-    id_lp = report.seed_means(rows, "id", "lp")
-    for key, value in sorted(spectra.items()):
-        if key in id_lp:
-            points.append(
-                {
-                    "label": f"noise {key[0]:g}",
-                    "sve": value["sve"],
-                    "lsvr": value["lsvr"],
-                    "accuracy": id_lp[key],
-                }
-            )
-    path = os.path.join(figures, "spectrum_vs_accuracy.png")
-    spectrum.plot_metric_vs_accuracy(points, path)
-    paths.append(path)
-    text = report.write(
-        workdir, rows, spectra, config.title, [os.path.relpath(p, workdir) for p in paths]
-    )
+    text = report.write_runs(workdir, rows, spectra, config.title, paths, **context)
     print(text.split("## Every test set")[0])
     print(f"report: {os.path.join(workdir, report.REPORT_FILE)}")

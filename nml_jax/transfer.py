@@ -145,10 +145,25 @@ def _spectrum_figure(workdir: str, rows, spectra, method: str) -> list[str]:
     return ["figures/spectrum_vs_accuracy.png"]
 
 
+def report_context(task_features: list[features.TaskFeatures], meta: dict[str, Any]) -> dict:
+    """What the report needs beyond the rows: every test set's number of classes (its chance level), and the
+    test sets that hold the pre-training data (left out of the ID claims)."""
+    own = meta.get("pretrain_dataset")
+    return {
+        "chance": {d: t.num_classes for t in task_features for d in t.tests},
+        "pretrain_domains": sorted(
+            d
+            for t in task_features
+            for d, source in t.test_sources.items()
+            if own and source.split("[")[0] == own
+        ),
+    }
+
+
 def evaluate(config, workdir: str) -> dict[str, Any]:
     """Features -> spectrum.json -> LP/MLP/NMTune -> results.csv -> report.md, skipping a finished identical run.
 
-    Returns the rows, spectra and the metadata of the features.
+    Returns the rows, spectra, the metadata of the features and the report context (report_context).
     """
     task_features, meta = features.load_task_features(config, workdir)
     done_path = os.path.join(workdir, DONE_FILE)
@@ -163,13 +178,21 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
         if parallel.is_main_process():
             rows = results.write(os.path.join(workdir, RESULTS_FILE), rows)
             files.write_json(done_path, {"key": key})
+    context = report_context(task_features, meta)
     if parallel.is_main_process():
         figures = ["figures/spectrum.png"]
         if config.methods:
             figures += _spectrum_figure(workdir, rows, spectra, config.methods[0])
-        spectra_by_run = {(meta["noise_ratio"], meta["seed"]): analyze.mean_spectrum(spectra)}
-        report.write(workdir, rows, spectra_by_run, config.title, figures)
-    return {"rows": rows, "spectra": spectra, "meta": meta}
+        mean = analyze.mean_spectrum(spectra, exclude=context["pretrain_domains"])
+        report.write(
+            workdir,
+            rows,
+            {(meta["noise_ratio"], meta["seed"]): mean},
+            config.title,
+            figures,
+            **context,
+        )
+    return {"rows": rows, "spectra": spectra, "meta": meta, "context": context}
 
 
 def run(config, workdir: str) -> dict[str, Any]:
