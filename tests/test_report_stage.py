@@ -18,7 +18,9 @@ def _rows(seed, *, noise_gain=0.0, methods=("lp", "mlp", "nmtune")):
             out.append(results.Row("digits", "id", "digits", "digits", method, noise, seed, base))
             for domain in ("shifted", "sketch"):
                 acc = 0.5 - 0.5 * noise + rng.normal(0, 1e-3)
-                out.append(results.Row("digits_ood", "ood", "digits", domain, method, noise, seed, acc))
+                out.append(
+                    results.Row("digits_ood", "ood", "digits", domain, method, noise, seed, acc)
+                )
     return out
 
 
@@ -43,7 +45,9 @@ def test_report_from_files_of_several_machines(tmp_path):
     assert hurts["n_seeds"] == 3 and hurts["verdict"] == "supported"
     assert hurts["ci95"][0] > 0 and abs(hurts["estimate"] - 5.0) < 0.5  # 5 points lower at r = 0.1.
     assert claims["nmtune_beats_lp_id"]["verdict"] == "supported"  # +2 points in every run.
-    assert (workdir / "report.md").exists() and (workdir / "figures" / "accuracy_vs_noise.png").exists()
+    assert (workdir / "report.md").exists() and (
+        workdir / "figures" / "accuracy_vs_noise.png"
+    ).exists()
 
 
 def test_one_seed_says_too_few_seeds(tmp_path):
