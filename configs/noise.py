@@ -21,4 +21,7 @@ def get_config(arg=None):
     config.data_dir = defaults.optional(str)
     config.train_split = "train"
     config.noise = defaults.noise_block(arg.kind, arg.ratio, arg.seed)
+    config.overwrite = (
+        False  # Make noise.npz again when it was made with other settings (else: refuse).
+    )
     return config

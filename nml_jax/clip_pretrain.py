@@ -317,5 +317,10 @@ def build_pairs(config, workdir: str) -> tuple[dict[str, Any], tokenizer_lib.Tok
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Stage `clip_pretrain`: pairs, caption-swap noise and tokenizer from `build_pairs`, then `train`."""
     validate(config)
+    encoders.check_workdir(
+        config,
+        workdir,
+        (*trainer.OUTPUTS, SUMMARY_FILE, noise.NOISE_FILE, tokenizer_lib.FILE_NAME),
+    )
     pairs, tok = build_pairs(config, workdir)
     return train(config, workdir, pairs, tok)

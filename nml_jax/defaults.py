@@ -96,6 +96,7 @@ def training_block(config: ml_collections.ConfigDict) -> None:
     config.fsdp = False
     config.num_devices = optional(int)  # None = all devices.
     config.init_from = optional(str)  # Another pre-training workdir whose params start this run.
+    config.overwrite = False  # Move aside a model made here under another config (else: refuse).
 
 
 def pretrain() -> ml_collections.ConfigDict:
@@ -234,6 +235,7 @@ def downstream(methods=("lp",), suite: str = "embedded") -> ml_collections.Confi
     config.methods = tuple(methods)
     config.transfer = ml_collections.ConfigDict({m: head(m) for m in METHODS})
     config.title = "nml-jax transfer report"
+    config.overwrite = False  # Move aside results made here under other settings (else: refuse).
     return config
 
 
@@ -251,6 +253,7 @@ def nmtune(
     config.stage = "nmtune"
     config.seed = seed
     config.pretrain = embedded_pretrain(noise=noise, seed=seed, smoke=smoke)
+    config.pretrain.overwrite = config.get_ref("overwrite")  # One flag for the whole workdir.
     config.train_limit = train_limit
     config.views.count = views
     for method in METHODS:

@@ -61,6 +61,27 @@ def write_card(
     files.write_json(os.path.join(workdir, CARD_FILE), card)
 
 
+def check_workdir(config: ml_collections.ConfigDict, workdir: str, outputs) -> None:
+    """Refuses to train in a `workdir` whose model (its card, checkpoints and `outputs`) was made under another
+    config, naming the differing keys; `config.overwrite` moves that output aside instead.
+
+    Raises:
+      workdir.WorkdirError: the differing keys and the ways out.
+      files.FileFormatError: model.json is not JSON.
+    """
+    from nml_jax import workdir as workdir_lib
+
+    card = files.read_json(os.path.join(workdir, CARD_FILE))
+    workdir_lib.check_fingerprint(
+        workdir,
+        "a model",
+        card.get("config") if isinstance(card, dict) else None,
+        config,
+        (CARD_FILE, *outputs),
+        overwrite=bool(config.get("overwrite", False)),
+    )
+
+
 def read_card(workdir: str) -> dict[str, Any]:
     """The model card of a pre-training `workdir`.
 

@@ -1,7 +1,9 @@
 """Training metrics: `<workdir>/metrics.jsonl`, TensorBoard event files and progress lines.
 
 Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step (`{"step": s, ...}`);
-TensorBoard scalars go to `<workdir>/tensorboard/`. `Progress` logs steps/s, examples/s and the ETA.
+TensorBoard scalars go to `<workdir>/tensorboard/`. A run resumed from step s first drops the records of steps
+after s (logged by the run that was killed; they are logged again), so a resumed run's files read like an
+uninterrupted run's. `Progress` logs steps/s, examples/s and the ETA.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def check_finite(step: int, name: str, value: float) -> None:
@@ -35,7 +40,7 @@ class MetricWriter:
       history: every record written by this writer, for callers (tests) that want them.
     """
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.history: list[dict[str, Any]] = []
         self._jsonl = None
@@ -44,8 +49,13 @@ class MetricWriter:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-            self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+            path = os.path.join(workdir, METRICS_FILE)
+            if resume_step is not None:
+                _drop_records_after(path, resume_step)
+            self._jsonl = open(path, "a")  # noqa: SIM115
+            self._events = EventFileWriter(os.path.join(workdir, TENSORBOARD_DIR))
+            if resume_step is not None:
+                self._purge_events_after(resume_step)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         """Writes `scalars` (name -> number) for `step`."""
@@ -64,10 +74,41 @@ class MetricWriter:
         self._events.add_event(event)
         self._events.flush()
 
+    def _purge_events_after(self, step: int) -> None:
+        """A SessionLog START at step + 1: TensorBoard drops the earlier files' events of later steps."""
+        from tensorboard.compat.proto import event_pb2
+
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._events.add_event(
+            event_pb2.Event(wall_time=time.time(), step=step + 1, session_log=start)
+        )
+        self._events.flush()
+
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
             self._events.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+    """Rewrites `path` (atomically) without the records of steps after `step`."""
+    from nml_jax import files
+
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if _record_step(line) <= step]
+    if len(kept) != len(lines):
+        files.write_text(path, "".join(kept))
+
+
+def _record_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a torn last line (a kill mid-write) counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class Progress:

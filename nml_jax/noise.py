@@ -228,19 +228,39 @@ def make_caption_noise(num_pairs: int, noise_config: Any) -> dict[str, np.ndarra
     }
 
 
-def settings_key(config: Any) -> str:
-    """A fingerprint of everything that decides the noise: dataset, split, kind, ratio, seed, pairs, matrix."""
+def settings(config: Any) -> dict[str, Any]:
+    """Everything that decides the noise: dataset, split, kind, ratio, seed, pairs, matrix (as JSON values)."""
     noise = config.noise.to_dict() if hasattr(config.noise, "to_dict") else dict(config.noise)
-    blob = json.dumps(
-        {"dataset": config.dataset, "split": config.get("train_split", "train"), **noise},
-        sort_keys=True,
-        default=repr,
-    )
+    as_dict = {"dataset": config.dataset, "split": config.get("train_split", "train"), **noise}
+    return json.loads(json.dumps(as_dict, sort_keys=True, default=repr))
+
+
+def settings_key(config: Any) -> str:
+    """A short hash of `settings(config)`."""
+    blob = json.dumps(settings(config), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def save(result: dict[str, np.ndarray], path: str, key: str) -> None:
-    files.write_npz(path, {"settings_key": np.array(key), **result})
+def save(result: dict[str, np.ndarray], path: str, config: Any) -> None:
+    files.write_npz(
+        path,
+        {
+            "settings_key": np.array(settings_key(config)),
+            "settings": np.array(json.dumps(settings(config), sort_keys=True)),
+            **result,
+        },
+    )
+
+
+def _changes(saved: dict[str, np.ndarray], config: Any) -> str:
+    """The settings that differ between a saved noise.npz and `config` (old -> new)."""
+    from nml_jax import workdir as workdir_lib
+
+    if "settings" not in saved:  # Written before the settings were stored: what the arrays say.
+        return f"ratio {float(saved['ratio'])!r}, seed {int(saved['seed'])} -> {config.noise.ratio!r}, {config.noise.seed}"
+    return "; ".join(
+        workdir_lib.differing_keys(json.loads(str(saved["settings"])), settings(config))
+    )
 
 
 def load(path: str) -> dict[str, np.ndarray]:
@@ -265,7 +285,16 @@ def load_or_make(
         saved = load(path)
         if str(saved.get("settings_key")) == key:
             return saved
-        logging.info("%s was made with other settings; making it again.", path)
+        if not config.get("overwrite", False):
+            from nml_jax import workdir as workdir_lib
+
+            raise workdir_lib.WorkdirError(
+                f"{path} holds noise made with other settings ({_changes(saved, config)}). "
+                "Use another --workdir, or pass --config.overwrite=True to make it again."
+            )
+        logging.warning(
+            "--config.overwrite=True: %s was made with other settings; making it again.", path
+        )
     split = config.get("train_split", "train")
     if config.noise.kind == "caption_swap":
         count = (
@@ -281,7 +310,7 @@ def load_or_make(
         result = make_label_noise(labels, num_classes, config.noise, config.dataset)
     if parallel.is_main_process():
         os.makedirs(workdir, exist_ok=True)
-        save(result, path, key)
+        save(result, path, config)
     result["settings_key"] = np.array(key)
     return result
 

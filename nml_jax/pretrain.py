@@ -251,9 +251,11 @@ def train(
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Stage `pretrain`: noisy labels from `noise.load_or_make`, then `train`."""
+    """Stage `pretrain`: noisy labels from `noise.load_or_make`, then `train`; refused in a workdir holding a
+    model made under another config (`encoders.check_workdir`)."""
     from nml_jax import data
 
+    encoders.check_workdir(config, workdir, (*trainer.OUTPUTS, SUMMARY_FILE, noise.NOISE_FILE))
     if config.input.stream:
         record = noise.load_or_make(config, workdir)
         train_data, test_data = {}, None

@@ -5,6 +5,11 @@ everything else: the optimizer and its warmup + cosine schedule, the train state
 with explicit shardings: replicated, or FSDP), start/resume (own workdir > `config.init_from` > scratch), the
 jitted step with donated state, checkpoint, logging and evaluation cadence, metrics/progress/ETA, and the
 summary. The data position is the step: input pipelines are pure functions of (seed, step).
+
+A run is finished when its summary and its final checkpoint both exist; the summary is written first, so a run
+killed in between resumes from the previous checkpoint and ends with both (the same numbers). A resumed run
+ends where an uninterrupted one ends; its logged train loss too when `ckpt_every_steps` is a multiple of
+`log_every_steps` (the defaults), else the first window after the resume averages only the steps run since.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ from flax import struct
 from nml_jax import checkpoint, config_lib, files, metrics, parallel
 
 OPTIMIZERS = ("sgd", "adamw", "lamb")
+# What every training run leaves in its workdir, besides its model card and summary.
+OUTPUTS = (
+    checkpoint.CHECKPOINT_DIR,
+    checkpoint.CORRUPT_DIR,
+    metrics.METRICS_FILE,
+    metrics.TENSORBOARD_DIR,
+)
 
 
 @struct.dataclass
@@ -232,7 +244,7 @@ def log_train(writer, progress, step: int, pending: list[dict], rates) -> dict[s
 def _finished(summary_path: str, state, start_step: int, total_steps: int) -> dict | None:
     """What `train` returns for a run that already finished (its saved summary), or None to train on."""
     summary = files.read_json(summary_path) if start_step >= total_steps else None
-    if summary is None:
+    if summary is None or summary.get("step") != total_steps:
         return None
     logging.info("The run in %s is finished (step %d).", os.path.dirname(summary_path), start_step)
     return {
@@ -265,7 +277,9 @@ def train(config, workdir: str, mesh, recipe: Recipe, total_steps: int) -> dict[
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=0,
     )
-    writer = metrics.MetricWriter(workdir, enabled=parallel.is_main_process())
+    writer = metrics.MetricWriter(
+        workdir, enabled=parallel.is_main_process(), resume_step=start_step
+    )
     progress = metrics.Progress(total_steps, config.input.batch_size, first_step=start_step)
     batches = recipe.batches(start_step)
     logging.info(
@@ -290,9 +304,10 @@ def train(config, workdir: str, mesh, recipe: Recipe, total_steps: int) -> dict[
             results = recipe.evaluate(state)
             writer.write(step, results)
             summary.update(results)
-        if config_lib.itstime(step, config.ckpt_every_steps, total_steps):
+        if step < total_steps and config_lib.itstime(step, config.ckpt_every_steps, total_steps):
             ckpt.save(step, state)
-    ckpt.close()
+    if start_step == total_steps and recipe.evaluate:  # The final checkpoint without its summary.
+        summary.update(recipe.evaluate(state))
     if recipe.finish:
         results = recipe.finish(state)
         writer.write(total_steps, results)
@@ -301,6 +316,9 @@ def train(config, workdir: str, mesh, recipe: Recipe, total_steps: int) -> dict[
     summary.update(step=total_steps, wall_seconds=time.perf_counter() - start_time)
     if parallel.is_main_process():
         files.write_json(summary_path, summary)
+    if start_step < total_steps:
+        ckpt.save(total_steps, state)
+    ckpt.close()
     return {
         "state": state,
         "step": total_steps,

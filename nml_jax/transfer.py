@@ -3,7 +3,8 @@
 Features come from features.load_task_features (an encoder's cached features, or black-box .npz files); each
 method is fitted once per training set (tuning.fit) and scored on every test set of the tasks trained on it.
 Writes results.csv (the workdir contract), spectrum.json (analyze) and report.md; a finished run whose
-fingerprint matches is read back instead of trained again.
+fingerprint matches is read back instead of trained again, and one made under other settings is never replaced
+unless `config.overwrite` (then it is moved aside, see workdir.py).
 """
 
 from __future__ import annotations
@@ -29,9 +30,19 @@ from nml_jax import (
     spectrum,
     tuning,
 )
+from nml_jax import workdir as workdir_lib
 
 RESULTS_FILE = "results.csv"
 DONE_FILE = "transfer_done.json"
+# Everything a transfer run writes, moved aside together when it is redone under other settings.
+OUTPUTS = (
+    RESULTS_FILE,
+    DONE_FILE,
+    report.REPORT_FILE,
+    report.CLAIMS_FILE,
+    analyze.SPECTRUM_FILE,
+    "figures",
+)
 
 
 def validate(config) -> None:
@@ -108,20 +119,22 @@ def transfer_rows(
     return rows
 
 
+def settings(config, meta: dict[str, Any]) -> dict[str, Any]:
+    """What decides the transfer results: the features' source and every method's settings (JSON values)."""
+    as_dict = {
+        "source": meta["source"],
+        "methods": list(config.methods),
+        "transfer": config.transfer.to_dict(),
+        "suite": config.get("suite"),
+        "train_limit": config.get("train_limit"),
+        "views": config.views.to_dict(),
+    }
+    return json.loads(json.dumps(as_dict, sort_keys=True, default=repr))
+
+
 def fingerprint(config, meta: dict[str, Any]) -> str:
-    """What decides the transfer results: the features' source and every method's settings."""
-    blob = json.dumps(
-        {
-            "source": meta["source"],
-            "methods": list(config.methods),
-            "transfer": config.transfer.to_dict(),
-            "suite": config.get("suite"),
-            "train_limit": config.get("train_limit"),
-            "views": config.views.to_dict(),
-        },
-        sort_keys=True,
-        default=repr,
-    )
+    """A short hash of `settings(config, meta)`."""
+    blob = json.dumps(settings(config, meta), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -168,16 +181,24 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     task_features, meta = features.load_task_features(config, workdir)
     done_path = os.path.join(workdir, DONE_FILE)
     key = fingerprint(config, meta)
+    done = files.read_json(done_path) or {}
+    if done and done.get("key") != key:
+        old, new = done.get("settings"), settings(config, meta)
+        if old is None:  # Written before the settings were stored.
+            old, new = {"fingerprint": done.get("key")}, {"fingerprint": key}
+        workdir_lib.check_fingerprint(
+            workdir, "transfer results", old, new, OUTPUTS, bool(config.get("overwrite", False))
+        )
     spectra = analyze.spectra_of(task_features, config.centering)
     analyze.write_spectrum(workdir, spectra, meta, config.centering)
-    if (files.read_json(done_path) or {}).get("key") == key:
+    if done.get("key") == key:
         logging.info("Transfer results for %s are up to date; reading them.", key)
         rows = results.read(os.path.join(workdir, RESULTS_FILE))
     else:
         rows = transfer_rows(task_features, config.methods, config.transfer, meta)
         if parallel.is_main_process():
             rows = results.write(os.path.join(workdir, RESULTS_FILE), rows)
-            files.write_json(done_path, {"key": key})
+            files.write_json(done_path, {"key": key, "settings": settings(config, meta)})
     context = report_context(task_features, meta)
     if parallel.is_main_process():
         figures = ["figures/spectrum.png"]

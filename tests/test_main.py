@@ -58,13 +58,30 @@ def test_noise_stage_writes_config_and_noise(tmp_path):
             ["--config=configs/study.py:smoke", "--config.views.max_shift=-1"],
             r"config.views.max_shift=-1 is not valid",
         ),
+        (
+            ["--config=configs/pretrain.py", "--config.optimizer.lr=abc"],
+            r"^Command-line error: flag --config.optimizer.lr=abc: could not convert string to float",
+        ),
+        (
+            ["--config=configs/nmtune.py", "--config.pretrain.optimizer.lrr=0.1"],
+            r"^Command-line error: --config.pretrain.optimizer.lrr names no key of the config "
+            r"\(no 'lrr' there; did you mean 'lr'\?\)",
+        ),
+        (
+            ["--config=configs/pretrain.py", "--config.seed=1.5"],
+            r"^Command-line error: flag --config.seed=1.5: invalid literal for int",
+        ),
     ],
 )
 def test_bad_config_fails_with_message(tmp_path, args, message):
     """Every bad value fails at start, before any work: nothing is written to the workdir."""
     proc = _main(*args, workdir=tmp_path / "w")
     assert proc.returncode != 0
-    assert re.search(message, proc.stderr), proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[
+        -1
+    ]  # One line says it all: no traceback, no usage text.
+    assert re.search(message, last), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "helpshort" not in proc.stderr
     assert not (tmp_path / "w").exists()
 
 

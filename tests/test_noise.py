@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nml_jax import config_lib, data, defaults, noise
+from nml_jax import config_lib, data, defaults, noise, workdir
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +15,9 @@ def labels():
     return data.load_labels("nml_fashion_mnist", "train[:3000]")
 
 
-def _config(kind="symmetric", ratio=0.2, seed=0, **extra):
+def _config(kind="symmetric", ratio=0.2, seed=0, overwrite=False, **extra):
     config = ml_collections.ConfigDict()
+    config.overwrite = overwrite
     config.dataset = "nml_fashion_mnist"
     config.train_split = "train[:3000]"
     config.data_dir = None
@@ -173,12 +174,17 @@ def test_caption_swap_of_one_pair_rejected():
         noise.make_caption_noise(10, _config("caption_swap", 0.1).noise)
 
 
-def test_load_or_make_reuses_and_remakes(tmp_path, labels):
+def test_load_or_make_reuses_refuses_and_remakes(tmp_path, labels):
     first = noise.load_or_make(_config(ratio=0.1), str(tmp_path), labels=labels)
     saved = noise.load(str(tmp_path / "noise.npz"))
     assert set(saved) >= {"clean_labels", "noisy_labels", "is_noisy", "transition", "ratio", "seed"}
     assert saved["is_noisy"].dtype == bool
     np.testing.assert_array_equal(saved["noisy_labels"], first["noisy_labels"])
-    again = noise.load_or_make(_config(ratio=0.2), str(tmp_path), labels=labels)
+    reused = noise.load_or_make(_config(ratio=0.1), str(tmp_path), labels=labels)
+    np.testing.assert_array_equal(reused["noisy_labels"], first["noisy_labels"])
+    with pytest.raises(workdir.WorkdirError, match=r"ratio: 0\.1 -> 0\.2"):
+        noise.load_or_make(_config(ratio=0.2), str(tmp_path), labels=labels)
+    assert noise.load(str(tmp_path / "noise.npz"))["ratio"] == 0.1
+    again = noise.load_or_make(_config(ratio=0.2, overwrite=True), str(tmp_path), labels=labels)
     assert again["is_noisy"].sum() == round(0.2 * labels.size)
     assert noise.load(str(tmp_path / "noise.npz"))["ratio"] == 0.2

@@ -280,41 +280,73 @@ CHILD = textwrap.dedent(
     save = checkpoint.Checkpointer.save
 
     def save_then_die(self, step, state):
-        if step == 6:  # Steps 5-6 are lost: the resumed run must redo them exactly.
+        if step == {kill_step}:
             self.wait()
             os.kill(os.getpid(), signal.SIGKILL)
         save(self, step, state)
 
     checkpoint.Checkpointer.save = save_then_die
-    pretrain.train(t.tiny_config(ckpt_every_steps=3), {workdir!r}, t.random_data(),
+    pretrain.train(t.tiny_config(ckpt_every_steps=3, log_every_steps=3), {workdir!r}, t.random_data(),
                    t.random_data(16, seed=1), 3)
     """
 )
 
 
+def _metric_steps(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f]
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_is_bit_exact(tmp_path):
+@pytest.mark.parametrize(
+    "kill_step, resumes_from",
+    [
+        (6, 3),  # Mid-run: steps 4-6 are lost and redone exactly.
+        (8, 6),  # After the summary, before the final checkpoint: not "finished" until both exist.
+    ],
+)
+def test_sigkill_then_resume_is_bit_exact(tmp_path, kill_step, resumes_from):
     config, train_data, test = (
-        tiny_config(ckpt_every_steps=3),
+        tiny_config(ckpt_every_steps=3, log_every_steps=3),
         random_data(),
         random_data(16, seed=1),
     )
     straight = pretrain.train(config, str(tmp_path / "a"), train_data, test, 3)
     workdir = str(tmp_path / "b")
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(repo=REPO, workdir=workdir))
+    script.write_text(CHILD.format(repo=REPO, workdir=workdir, kill_step=kill_step))
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [sys.executable, str(script)], env=env, cwd=REPO, capture_output=True, timeout=300
     )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
+        str(s) for s in (3, 6) if s < kill_step
+    )
     resumed = pretrain.train(config, workdir, train_data, test, 3)
-    assert resumed["resumed_from"] == 3
+    assert resumed["resumed_from"] == resumes_from and resumed["trained_steps"] > 0
     assert_trees_equal(params_of(resumed), params_of(straight))
     assert_trees_equal(
         jax.device_get(resumed["state"].opt_state), jax.device_get(straight["state"].opt_state)
     )
+    timing = ("wall_seconds", "steps_per_sec", "examples_per_sec", "eta_seconds")
+    summary = {k: v for k, v in resumed["summary"].items() if k not in timing}
+    assert summary == {k: v for k, v in straight["summary"].items() if k not in timing}
+    assert "test_accuracy" in summary
+    # The killed run's records of the redone steps are dropped, not duplicated.
+    assert _metric_steps(workdir) == _metric_steps(str(tmp_path / "a"))
+    assert "8" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_final_checkpoint_without_summary_is_evaluated_again(tmp_path):
+    """A summary lost after the final checkpoint is rebuilt with the test metrics, without training."""
+    config, train_data, test = tiny_config(), random_data(), random_data(16, seed=1)
+    first = pretrain.train(config, str(tmp_path), train_data, test, 3)
+    os.remove(tmp_path / pretrain.SUMMARY_FILE)
+    again = pretrain.train(config, str(tmp_path), train_data, test, 3)
+    assert again["trained_steps"] == 0
+    assert again["summary"]["test_accuracy"] == first["summary"]["test_accuracy"]
+    assert again["summary"]["test_loss"] == first["summary"]["test_loss"]
 
 
 def test_optimizers_build_and_step():
