@@ -6,6 +6,10 @@ import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -315,3 +319,70 @@ def test_error_classification():
     assert checkpoint._describe(
         ValueError("RESOURCE_EXHAUSTED: [OS error 28: No space left on device]")
     ) == ("No space left on device")
+
+
+TWO_PROCESSES = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {repo!r})
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+    from nml_jax import checkpoint, parallel
+    from tests import test_checkpoint as t
+
+    parallel.initialize()  # NML_JAX_DISTRIBUTED=1 and the coordinator come from the environment.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), t.abstract()
+    )
+    ckpt = checkpoint.Checkpointer({workdir!r})
+    for step in (4, 8):
+        ckpt.save(step, jax.jit(lambda: t.make_state(float(step)), out_shardings=replicated)())
+    ckpt.close()
+    if parallel.is_main_process():  # Only process 0 verifies checksums: the others must follow its verdict.
+        t.flip_bytes(t.data_files(os.path.join({workdir!r}, "checkpoints", "8"))[0])
+    multihost_utils.sync_global_devices("flipped")
+    ckpt = checkpoint.Checkpointer({workdir!r})
+    step, state = ckpt.restore(abstract)
+    ckpt.close()
+    print("RESTORED", step, float(np.asarray(state.params["dense"]["bias"].addressable_data(0))[0]))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_a_corrupt_checkpoint(tmp_path):
+    from tests import test_pretrain
+
+    script = tmp_path / "child.py"
+    workdir = str(tmp_path / "work")
+    script.write_text(TWO_PROCESSES.format(repo=test_pretrain.REPO, workdir=workdir))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            env={
+                **os.environ,
+                "JAX_NUM_CPU_DEVICES": "1",
+                "JAX_PLATFORMS": "cpu",
+                "NML_JAX_DISTRIBUTED": "1",
+                "NML_JAX_COORDINATOR": f"127.0.0.1:{port}",
+                "NML_JAX_NUM_PROCESSES": "2",
+                "NML_JAX_PROCESS_ID": str(index),
+            },
+            cwd=test_pretrain.REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for index in range(2)
+    ]
+    for proc in procs:
+        output = proc.communicate(timeout=300)[0].decode()
+        assert proc.returncode == 0, output[-3000:]
+        assert "RESTORED 4 4.0" in output, output[-3000:]
+    assert listing(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)) == ["4"]
+    assert listing(os.path.join(workdir, checkpoint.CORRUPT_DIR)) == ["8"]
