@@ -63,7 +63,8 @@ _OK, _MISMATCH, _TRANSIENT, _CORRUPT = range(4)
 
 
 class CheckpointError(config_lib.UserError, ValueError):
-    """No checkpoint of a workdir can be restored; the message lists each step and why."""
+    """A workdir's checkpoints cannot be restored; raised as such when none restores, listing each step and
+    why."""
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -346,8 +347,8 @@ def _read_step(
         kind, result = _agreed(lambda: verify(step_dir), main_only=True)
         if kind == _OK and result is False:
             logging.warning(
-                "Checkpoint %d in %s has no %s (the run stopped before writing it); restoring it "
-                "unverified.",
+                "Checkpoint %d in %s has no %s (the run stopped before writing it, or an older version "
+                "saved it); restoring it unverified.",
                 step,
                 directory,
                 MANIFEST_FILE,
