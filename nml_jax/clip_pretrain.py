@@ -46,6 +46,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise config_lib.ConfigError(
             "config.dataset='tfrecord' needs config.shards, a glob such as 'gs://b/yfcc15m/*.tfrecord'."
         )
+    from nml_jax import data
+
+    if config.dataset != TFRECORD:
+        data.check_name(config.dataset, "dataset")
+    data.check_name(config.zero_shot.dataset, "zero_shot.dataset")
     trainer.validate(config)
 
 

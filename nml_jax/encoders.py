@@ -86,24 +86,59 @@ def read_card(workdir: str) -> dict[str, Any]:
     """The model card of a pre-training `workdir`.
 
     Raises:
-      ModelCardError: no model.json, not JSON, or without the fields every card has.
+      ModelCardError: no model.json, not JSON, not an object, or without the fields every card has (of the
+        right types); the message names the file and the field.
     """
     path = os.path.join(workdir, CARD_FILE)
     try:
         card = files.read_json(path)
     except files.FileFormatError as e:
-        raise ModelCardError(str(e)) from None
+        raise ModelCardError(f"Model card {e}") from None
     if card is None:
         raise ModelCardError(
             f"{path} does not exist; {workdir!r} is not a pre-training workdir (run a pretrain or "
             "clip_pretrain stage there first, or pass --config.pretrained=DIR)."
         )
-    missing = [k for k in ("kind", "input_shape", "config") if k not in card]
-    if missing or card["kind"] not in KINDS:
+    if not isinstance(card, dict):
         raise ModelCardError(
-            f"{path} is not a model card: missing {missing} or kind {card.get('kind')!r} not in {KINDS}."
+            f"{path} is not a model card: it holds a JSON {type(card).__name__}, expected an object."
         )
+    missing = [k for k in _CARD_FIELDS if k not in card]
+    if card.get("kind") == "clip" and "pad_id" not in card:
+        missing.append("pad_id")
+    if missing:
+        raise ModelCardError(
+            f"{path} is not a model card: missing {missing} (it has {sorted(card)}); it is written by the "
+            "pretrain and clip_pretrain stages."
+        )
+    for field, (ok, expected) in _CARD_FIELDS.items():
+        if not ok(card[field]):
+            raise ModelCardError(
+                f"{path}: field {field!r} is {card[field]!r}; expected {expected}."
+            )
+    if card["kind"] == "clip" and not _is_int(card["pad_id"]):
+        raise ModelCardError(f"{path}: field 'pad_id' is {card['pad_id']!r}; expected an integer.")
     return card
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Field -> (check, what is expected): what every reader of a card relies on.
+_CARD_FIELDS = {
+    "kind": (lambda v: v in KINDS, f"one of {list(KINDS)}"),
+    "input_shape": (
+        lambda v: isinstance(v, list) and v and all(_is_int(d) and d > 0 for d in v),
+        "a list of positive integers, e.g. [28, 28, 1]",
+    ),
+    "noise_ratio": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+        "a number in [0, 1]",
+    ),
+    "seed": (_is_int, "an integer"),
+    "config": (lambda v: isinstance(v, dict), "a JSON object (the pre-training config)"),
+}
 
 
 class ImageEncoder:

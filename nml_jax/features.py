@@ -22,6 +22,8 @@ import math
 import os
 import re
 import time
+import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,7 @@ from absl import logging
 from nml_jax import config_lib, data, defaults, encoders, files, parallel, tasks
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(config_lib.UserError, ValueError):
     """A features .npz is malformed; the message names the file, the key and what was expected."""
 
 
@@ -57,14 +59,66 @@ class TaskFeatures:
 # Black-box features from an .npz file.
 
 _OOD_KEY = re.compile(r"^ood_(?P<name>.+)_(?P<what>features|labels)$")
-_KNOWN = {
-    "train_features",
-    "train_labels",
-    "test_features",
-    "test_labels",
-    "train_views",
-    "num_classes",
-}
+_REQUIRED = ("train_features", "train_labels", "test_features", "test_labels")
+_KNOWN = {*_REQUIRED, "train_views", "num_classes"}
+_FORMAT = "an .npz archive of plain numeric arrays written by numpy.savez"
+
+
+def _what_it_is(head: bytes) -> str:
+    """What a file that is not a zip archive looks like, from its first bytes."""
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array, not an .npz archive (save with np.savez(path, train_features=..., ...))"
+    if head.startswith(b"PK"):
+        return "a truncated or damaged zip archive (write it again)"
+    if head.startswith(b"\x80"):
+        return "pickled Python data"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return f"a text file (it starts with {head.decode('ascii')!r})"
+    return f"not an .npz archive (it starts with {head!r})"
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz at `path`, read without pickle.
+
+    Raises:
+      FeatureFileError: the path is missing, a directory, empty, not a zip, a damaged zip, or holds a member
+        that is not a plain .npy array (object arrays need pickle and are refused).
+    """
+    if not os.path.exists(path):
+        raise FeatureFileError(f"Features file {path} does not exist.")
+    if os.path.isdir(path):
+        raise FeatureFileError(f"Features file {path} is a directory; expected {_FORMAT}.")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise FeatureFileError(f"Features file {path} is empty (0 bytes); expected {_FORMAT}.")
+    if not zipfile.is_zipfile(path):
+        raise FeatureFileError(f"Features file {path} is {_what_it_is(head)}; expected {_FORMAT}.")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            for key in archive.files:
+                try:
+                    value = archive[key]
+                except ValueError as e:
+                    if "allow_pickle" in str(e):
+                        raise FeatureFileError(
+                            f"{path}: {key} holds Python objects (dtype=object), which only pickle can read; "
+                            "save plain numeric arrays."
+                        ) from None
+                    raise FeatureFileError(
+                        f"{path}: {key} is not a valid .npy array ({e})."
+                    ) from None
+                if not isinstance(value, np.ndarray):
+                    raise FeatureFileError(
+                        f"{path}: member {key!r} of the archive is not a .npy array; expected {_FORMAT}."
+                    )
+                arrays[key] = value
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+        raise FeatureFileError(
+            f"{path} is a damaged .npz archive ({type(e).__name__}: {e}); write it again."
+        ) from None
+    return arrays
 
 
 def _features(path: str, key: str, array: np.ndarray, dim: int | None) -> np.ndarray:
@@ -72,13 +126,19 @@ def _features(path: str, key: str, array: np.ndarray, dim: int | None) -> np.nda
         raise FeatureFileError(
             f"{path}: {key} has dtype {array.dtype} and shape {array.shape}; expected a float array [N, D]."
         )
+    if not array.shape[0] or not array.shape[1]:
+        raise FeatureFileError(
+            f"{path}: {key} has shape {array.shape}; expected at least one row and one feature."
+        )
     if dim is not None and array.shape[1] != dim:
         raise FeatureFileError(
             f"{path}: {key} has dimension {array.shape[1]}; train_features has {dim}."
         )
     if not np.all(np.isfinite(array)):
-        bad = int(np.argwhere(~np.isfinite(array))[0, 0])
-        raise FeatureFileError(f"{path}: {key} holds non-finite values (first in row {bad}).")
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        raise FeatureFileError(
+            f"{path}: {key} holds non-finite values (first {array[row, col]} in row {row}, column {col})."
+        )
     return array.astype(np.float32)
 
 
@@ -86,54 +146,87 @@ def _labels(
     path: str, key: str, array: np.ndarray, rows: int, num_classes: int | None
 ) -> np.ndarray:
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        fraction = ""
+        if array.ndim == 1 and np.issubdtype(array.dtype, np.floating):
+            bad = np.flatnonzero(array != np.round(array))
+            fraction = (
+                f" (row {bad[0]} is {array[bad[0]]})"
+                if bad.size
+                else " (whole numbers: save them with .astype(np.int64))"
+            )
         raise FeatureFileError(
-            f"{path}: {key} has dtype {array.dtype} and shape {array.shape}; expected integer labels [N]."
+            f"{path}: {key} has dtype {array.dtype} and shape {array.shape}{fraction}; "
+            "expected integer labels [N]."
         )
     if array.shape[0] != rows:
         raise FeatureFileError(
             f"{path}: {key} has {array.shape[0]} labels for {rows} feature rows."
         )
-    if array.size and array.min() < 0:
-        raise FeatureFileError(f"{path}: {key} holds a negative label ({int(array.min())}).")
-    if num_classes is not None and array.size and array.max() >= num_classes:
+    if array.min() < 0:
+        row = int(np.argmin(array))
         raise FeatureFileError(
-            f"{path}: {key} holds label {int(array.max())}, outside the source's {num_classes} classes "
-            f"(0..{num_classes - 1}); OOD test sets must use the training set's label space."
+            f"{path}: {key} holds a negative label ({int(array[row])} in row {row}); expected 0..C-1."
+        )
+    if num_classes is not None and array.max() >= num_classes:
+        row = int(np.argmax(array))
+        raise FeatureFileError(
+            f"{path}: {key} holds label {int(array[row])} (row {row}), outside the training set's "
+            f"{num_classes} classes (0..{num_classes - 1}); test and OOD sets use the training set's labels."
         )
     return array.astype(np.int64)
 
 
-def load_npz(path: str, name: str | None = None) -> list[TaskFeatures]:
-    """Reads and validates a black-box features file; returns its ID task and, if OOD sets exist, its OOD task."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Features file {path!r} does not exist.")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except ValueError as e:
-        raise FeatureFileError(
-            f"{path}: could not read without pickle ({e}); save plain numeric arrays."
-        ) from e
-    missing = sorted(
-        k
-        for k in ("train_features", "train_labels", "test_features", "test_labels")
-        if k not in arrays
+def _num_classes(path: str, arrays: dict[str, np.ndarray], train_labels: np.ndarray) -> int:
+    """`num_classes` of the file (a whole number >= 2 above every train label), else max(train_labels) + 1."""
+    if "num_classes" not in arrays:
+        return int(train_labels.max()) + 1
+    value = arrays["num_classes"]
+    whole = (
+        value.size == 1
+        and (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
+        and float(value.reshape(())) == round(float(value.reshape(())))
     )
+    if not whole:
+        raise FeatureFileError(
+            f"{path}: num_classes={value.tolist()!r} (dtype {value.dtype}, shape {value.shape}); expected "
+            "a whole number, e.g. np.int64(10)."
+        )
+    num_classes = int(value.reshape(()))
+    if num_classes < 2:
+        raise FeatureFileError(f"{path}: num_classes={num_classes}; expected at least 2 classes.")
+    if train_labels.max() >= num_classes:
+        raise FeatureFileError(
+            f"{path}: num_classes={num_classes}, but train_labels holds label {int(train_labels.max())}."
+        )
+    return num_classes
+
+
+def load_npz(path: str, name: str | None = None) -> list[TaskFeatures]:
+    """Reads and validates a black-box features file; returns its ID task and, if OOD sets exist, its OOD task.
+
+    Raises:
+      FeatureFileError: anything wrong with the file; the message names the file, the key and what was expected.
+    """
+    arrays = _read_arrays(path)
+    missing = [k for k in _REQUIRED if k not in arrays]
     if missing:
         raise FeatureFileError(f"{path}: missing {missing}; found {sorted(arrays)}.")
     unknown = sorted(k for k in arrays if k not in _KNOWN and not _OOD_KEY.match(k))
     if unknown:
         raise FeatureFileError(
-            f"{path}: unknown keys {unknown}; expected {sorted(_KNOWN)} and ood_<name>_*."
+            f"{path}: unknown keys {unknown}; expected {sorted(_KNOWN)} and ood_<name>_features/labels."
         )
     name = name or os.path.splitext(os.path.basename(path))[0]
     train = _features(path, "train_features", arrays["train_features"], None)
     dim = train.shape[1]
     train_labels = _labels(path, "train_labels", arrays["train_labels"], len(train), None)
-    num_classes = (
-        int(arrays["num_classes"]) if "num_classes" in arrays else int(train_labels.max()) + 1
-    )
-    _labels(path, "train_labels", train_labels, len(train), num_classes)
+    num_classes = _num_classes(path, arrays, train_labels)
+    present = np.unique(train_labels)
+    if len(present) < 2:
+        raise FeatureFileError(
+            f"{path}: train_labels hold only class {int(present[0])}; a classifier needs at least 2 classes "
+            "to be trained and scored."
+        )
     views = train[None]
     if "train_views" in arrays:
         views = arrays["train_views"]
@@ -339,7 +432,8 @@ def task_features(encoder, task: tasks.Task, num_classes: int, **kwargs) -> Task
 
 
 def validate(config) -> None:
-    """Raises ConfigError naming the first invalid key of the settings that choose the features."""
+    """Raises ConfigError naming the first invalid key of the settings that choose the features, and
+    FeatureFileError for a malformed `config.features_npz`."""
     config_lib.check_choice("suite", config.suite, defaults.SUITES)
     if config.get("train_limit") is not None:
         config_lib.check_positive_int("train_limit", config.train_limit)
@@ -353,6 +447,17 @@ def validate(config) -> None:
         raise config_lib.ConfigError(
             "Set one of config.features_npz and config.pretrained, not both."
         )
+    for path in npz_paths(config):
+        # Read in full here, so a malformed file fails before any work (it is read again by the stage).
+        load_npz(path)
+
+
+def npz_paths(config) -> list[str]:
+    """The black-box feature files `config.features_npz` names (one path or a list), or []."""
+    npz = config.get("features_npz")
+    if not npz:
+        return []
+    return [npz] if isinstance(npz, str) else list(npz)
 
 
 def suite(config) -> list[tasks.Task]:
@@ -372,9 +477,8 @@ def load_task_features(config, workdir: str) -> tuple[list[TaskFeatures], dict[s
 
     For an encoder, the noise ratio and seed are those of the model card of the model that made the features.
     """
-    npz = config.get("features_npz")
-    if npz:
-        paths = [npz] if isinstance(npz, str) else list(npz)
+    paths = npz_paths(config)
+    if paths:
         noise_ratio = config.get("noise_ratio")
         meta = {
             "noise_ratio": math.nan if noise_ratio is None else noise_ratio,

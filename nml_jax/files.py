@@ -42,15 +42,22 @@ def read_json(path: str, default: Any = None) -> Any:
     """The JSON value in `path`; `default` when the file does not exist.
 
     Raises:
-      FileFormatError: the file exists but is not valid JSON (the message names the file).
+      FileFormatError: the path exists but is not a UTF-8 JSON file (the message names the file).
     """
     if not os.path.exists(path):
         return default
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise FileFormatError(f"{path} is not valid JSON ({e}); delete or repair it.") from None
+    if os.path.isdir(path):
+        raise FileFormatError(f"{path} is a directory; expected a JSON file.")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise FileFormatError(
+            f"{path} is not valid JSON (not UTF-8 text: {e}); delete or repair it."
+        ) from None
+    except json.JSONDecodeError as e:
+        raise FileFormatError(f"{path} is not valid JSON ({e}); delete or repair it.") from None
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:

@@ -316,13 +316,16 @@ def load_or_make(
 
 
 def validate(config: Any) -> None:
-    """Raises ConfigError naming the first invalid key of a noise config."""
+    """Raises ConfigError naming the first invalid key of a noise config (DatasetError for an unknown dataset)."""
     config_lib.check_choice("noise.kind", config.noise.kind, defaults.NOISE_KINDS)
     check_ratio(config.noise.ratio)
     if not isinstance(config.dataset, str) or not config.dataset:
         raise config_lib.ConfigError(
             f"config.dataset={config.dataset!r} is not valid; expected a dataset name."
         )
+    from nml_jax import data
+
+    data.check_name(config.dataset, "dataset")
 
 
 def run(config: Any, workdir: str) -> dict[str, Any]:

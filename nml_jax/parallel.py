@@ -8,6 +8,8 @@ replicated, or sharded over the same axis when FSDP is asked for (big ViTs / Res
 from __future__ import annotations
 
 import os
+import re
+import sys
 from typing import Any
 
 import jax
@@ -20,13 +22,30 @@ DATA_AXIS = "data"
 _initialized = False
 
 
+# A dead or hung process is declared lost after this many seconds without a heartbeat (JAX's default is 100 s);
+# heartbeats run on their own thread, so long compiles or steps do not delay them.
+HEARTBEAT_TIMEOUT_S = 20
+# How long a process that finishes waits for the others to finish too (JAX's default is 300 s).
+SHUTDOWN_TIMEOUT_S = 60
+# Text of a collective that failed because its peer is gone (CPU/Gloo); on GPU a dead peer hangs the collective
+# instead, and the heartbeat timeout ends it.
+_LOST_PEER = re.compile(
+    r"Connection (closed|reset) by peer|Socket closed|Broken pipe", re.IGNORECASE
+)
+
+
 def initialize(distributed: Any = None) -> None:
     """Calls `jax.distributed.initialize` when the config or the environment asks for it.
 
     `distributed` is a config (or dict) with optional `coordinator_address`, `num_processes`, `process_id`,
-    `local_device_ids`; an empty one lets JAX detect the cluster (TPU pod, SLURM). The environment variable
-    NML_JAX_DISTRIBUTED=1 (with optional NML_JAX_COORDINATOR, NML_JAX_NUM_PROCESSES, NML_JAX_PROCESS_ID) does the
-    same without a config change, which is what the launch scripts use.
+    `local_device_ids`, `heartbeat_timeout_seconds`, `shutdown_timeout_seconds`; an empty one lets JAX detect the
+    cluster (TPU pod, SLURM). The environment variable NML_JAX_DISTRIBUTED=1 (with optional NML_JAX_COORDINATOR,
+    NML_JAX_NUM_PROCESSES, NML_JAX_PROCESS_ID) does the same without a config change, which is what the launch
+    scripts use.
+
+    When another process dies, a collective that fails on it ends this process with status 1 and one line on
+    stderr; a process that hangs is declared lost by the runtime after HEARTBEAT_TIMEOUT_S seconds (JAX then aborts
+    with its own C++ message, which no Python code can replace in this JAX version).
     """
     global _initialized
     if _initialized:
@@ -45,8 +64,41 @@ def initialize(distributed: Any = None) -> None:
         kwargs = {k: (int(v) if k != "coordinator_address" else v) for k, v in env.items() if v}
     else:
         return
+    kwargs.setdefault("heartbeat_timeout_seconds", HEARTBEAT_TIMEOUT_S)
+    kwargs.setdefault("shutdown_timeout_seconds", SHUTDOWN_TIMEOUT_S)
     jax.distributed.initialize(**kwargs)
     _initialized = True
+    if jax.process_count() > 1:
+        _install_excepthook()
+
+
+def _stop(message: str) -> None:
+    """Prints `message` as the last line of stderr and ends the process at once.
+
+    os._exit skips JAX's exit hook, which would wait for the lost process at a shutdown barrier and then abort.
+    """
+    sys.stderr.write(f"\nnml_jax process {jax.process_index()}/{jax.process_count()}: {message}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(1)
+
+
+def _install_excepthook() -> None:
+    """An uncaught error from a collective whose peer is gone ends the process with one line (no traceback, no
+    wait at JAX's shutdown barrier for the dead process); other errors print their traceback as usual."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not _LOST_PEER.search(str(value)):
+            previous(kind, value, tb)
+            return
+        _stop(
+            "a collective failed because another process is gone "
+            f"({' '.join(str(value).split())[:300]}); stopping. Restart every process of the run: it resumes "
+            "from its last checkpoint."
+        )
+
+    sys.excepthook = hook
 
 
 def is_main_process() -> bool:

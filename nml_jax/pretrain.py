@@ -35,6 +35,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "noise.kind", config.noise.kind, ["none", "symmetric", "asymmetric", "matrix"]
     )
     noise.check_ratio(config.noise.ratio)
+    from nml_jax import data
+
+    data.check_name(config.dataset, "dataset")
     trainer.validate(config)
 
 

@@ -7,6 +7,7 @@ same code path; a dataset that is not prepared fails with a message that says ho
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 
@@ -20,13 +21,16 @@ tf.config.set_visible_devices([], "GPU")
 import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from nml_jax import config_lib  # noqa: E402
 from nml_jax.data.builders import EMBEDDED, EmbeddedSet, embedded_names  # noqa: E402
 
 __all__ = [
     "EMBEDDED",
     "READ_CONFIG",
+    "DatasetError",
     "EmbeddedSet",
     "builder",
+    "check_name",
     "class_names",
     "default_data_dir",
     "embedded_names",
@@ -52,14 +56,53 @@ def _resolve(data_dir: str | None) -> str:
     return os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
 
 
+class DatasetError(config_lib.UserError, ValueError):
+    """A dataset name is neither an embedded set nor a TFDS dataset; the message names it and its config key."""
+
+
+def _grouped(names) -> str:
+    """`a, b/{x,y}`: the names, with the configs of one family in braces."""
+    families: dict[str, list[str]] = {}
+    for name in sorted(names):
+        family, _, config = name.partition("/")
+        families.setdefault(family, []).append(config)
+    return ", ".join(
+        f"{family}/{{{','.join(configs)}}}" if configs != [""] else family
+        for family, configs in families.items()
+    )
+
+
+def _unknown(name: str, key: str | None) -> DatasetError:
+    """One line: the unknown name, the config key, the embedded names, and a close match if there is one."""
+    where = f" (config.{config_lib.key_name(key)})" if key else ""
+    tfds_names = tfds.list_builders(with_community_datasets=False)
+    close = difflib.get_close_matches(name, [*EMBEDDED, *tfds_names], n=1, cutoff=0.75)
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    return DatasetError(
+        f"Unknown dataset {name!r}{where}. {hint}Embedded datasets: {_grouped(EMBEDDED)}; a TFDS "
+        f"dataset (e.g. imagenet2012) must be prepared in data_dir (default {default_data_dir()})."
+    )
+
+
+def check_name(name: str, key: str | None = "dataset") -> None:
+    """Raises DatasetError unless `name` is an embedded set or a registered TFDS dataset (`name[/config][:version]`).
+
+    Whether a TFDS dataset is prepared is checked when it is loaded; this check reads no data.
+    """
+    if name in EMBEDDED:
+        return
+    base = name.split("/")[0].split(":")[0] if isinstance(name, str) else None
+    if not base or base not in tfds.list_builders(with_community_datasets=False):
+        raise _unknown(name, key)
+
+
 @functools.cache
 def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     try:
         result = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(
-            f"Unknown dataset {name!r}: not an embedded set ({sorted(EMBEDDED)}) nor a TFDS dataset."
-        ) from e
+    except tfds.core.registered.DatasetNotFoundError:
+        # TFDS's own message lists every registered dataset (hundreds of lines).
+        raise _unknown(name, None) from None
     if name in EMBEDDED:
         if not result.is_prepared():
             tfds.disable_progress_bar()  # Seconds-long local builds; the bars only clutter logs.
