@@ -106,6 +106,7 @@ _ERROR_LABELS = {
     "ModelCardError": "Model card error",
     "DatasetError": "Dataset error",
     "WorkdirError": "Workdir error",
+    "CheckpointWriteError": "Write error",
     "CheckpointError": "Checkpoint error",
     "UserError": "Error",
 }
