@@ -83,6 +83,7 @@ def make_program(method: str, num_examples: int, dim: int, batch: int, epochs: i
         jax.device_put(views, NamedSharding(mesh, P(None, parallel.DATA_AXIS))),
         jax.device_put(labels, parallel.data_sharding(mesh)),
         jnp.asarray(config.seed, jnp.int32),
+        (),  # No online views: the bank path.
     )
     return train, args, epochs * steps
 

@@ -18,6 +18,7 @@ from nml_jax import config_lib, defaults
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, limit=3000, full=False, smoke=False, seed=0)
     config = defaults.downstream(defaults.METHODS)
+    config.views.mode = "none"  # Sentence embeddings have no image augmentations.
     config.stage = "nmtune_text"
     config.seed = arg.seed
     for method in config.transfer:

@@ -14,6 +14,9 @@ from nml_jax import config_lib
 
 METHODS = ("lp", "mlp", "nmtune")  # Transfer heads, in report order.
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "matrix", "caption_swap")
+# NMTune/MLP views: the plain features only, a cached bank of augmented views, or two drawn at every step.
+VIEW_MODES = ("none", "bank", "online")
+DEFAULT_VIEWS = 4  # K, the bank's augmented views per training example (README: the K study).
 SUITES = ("embedded", "paper_id", "domainnet_real", "domainnet_sketch", "imagenet_ood")
 FASHION_MNIST_PP = (
     "to_float|normalize(0.2860, 0.3530)"  # Mean and std of the Fashion-MNIST train pixels.
@@ -230,7 +233,12 @@ def downstream(methods=("lp",), suite: str = "embedded") -> ml_collections.Confi
     config.data_dir = config_dict.placeholder(str)
     config.feature_cache_dir = config_dict.placeholder(str)
     config.feature_chunk_size = 4096  # Images handed to the encoder at a time.
-    config.views = ml_collections.ConfigDict({"count": 0, "max_shift": 2, "flip": False, "seed": 0})
+    # The augmented views NMTune and MLP train on (augment.py): `bank` caches `count` views per training example,
+    # `online` draws two fresh ones per step through the encoder, `none` uses the plain features for both.
+    mode = "bank" if set(methods) & {"mlp", "nmtune"} else "none"
+    config.views = ml_collections.ConfigDict(
+        {"mode": mode, "count": DEFAULT_VIEWS, "recipe": "auto", "seed": 0}
+    )
     config.centering = "row"
     config.methods = tuple(methods)
     config.transfer = ml_collections.ConfigDict({m: head(m) for m in METHODS})
@@ -244,18 +252,20 @@ def nmtune(
     noise: float = 0.1,
     seed: int = 0,
     smoke: bool = False,
-    views: int = 0,
+    views: str = "bank",
+    k: int = DEFAULT_VIEWS,
     train_limit: int = 10000,
 ) -> ml_collections.ConfigDict:
-    """The main job (configs/nmtune.py): embedded pre-training at `noise`, then LP, MLP and NMTune; the seed
-    drives the noise, the pre-training and every head. `smoke` runs the same path on a small slice."""
+    """The main job (configs/nmtune.py): embedded pre-training at `noise`, then LP, MLP and NMTune on `views`
+    (mode, with `k` views in a bank); the seed drives the noise, the pre-training, every head and the views.
+    `smoke` runs the same path on a small slice."""
     config = downstream(METHODS)
     config.stage = "nmtune"
     config.seed = seed
     config.pretrain = embedded_pretrain(noise=noise, seed=seed, smoke=smoke)
     config.pretrain.overwrite = config.get_ref("overwrite")  # One flag for the whole workdir.
     config.train_limit = train_limit
-    config.views.count = views
+    config.views.update(mode=views, count=k, seed=seed)
     for method in METHODS:
         config.transfer[method].seed = seed
     config.title = f"NMTune on the embedded suite (pre-training noise {noise:g})"

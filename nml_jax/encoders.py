@@ -152,45 +152,72 @@ class ImageEncoder:
       feature_dim: D.
       input_shape: (H, W, C) of the preprocessed images the model takes.
       fingerprint: a short hash of (workdir realpath, step, config) that changes with the checkpoint.
+      apply_fn: the pure model function (variables, float inputs [B, H, W, C]) -> features [B, D], for
+        programs that run the encoder inside their own jitted step (NMTune's online views).
+      variables: its frozen variables.
     """
 
     def __init__(self, card: dict, apply_fn, variables, feature_dim: int, step: int, workdir: str):
         self.card = card
+        self.apply_fn = apply_fn
         self.config = ml_collections.ConfigDict(card["config"])
         self.step = step
         self.input_shape = tuple(card["input_shape"])
         self.feature_dim = int(feature_dim)
-        self._variables = jax.device_put(variables)
+        self.variables = jax.device_put(variables)
         self._apply = jax.jit(apply_fn)
         blob = json.dumps(
             [os.path.realpath(workdir), step, card["config"]], sort_keys=True, default=repr
         )
         self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """float32 [B, D] features of uint8 images [B, H, W, C]."""
+    def _batches(self, images: np.ndarray, batch_size: int):
+        """The eval-preprocessed padded batches of uint8 images [B, H, W, C]."""
         from nml_jax.data import pipeline
 
         images = np.asarray(images)
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(
-                f"ImageEncoder.features expects uint8 images [B, H, W, C]; got {images.dtype} {images.shape}."
+                f"ImageEncoder expects uint8 images [B, H, W, C]; got {images.dtype} {images.shape}."
             )
         data = {"image": images, "label": np.zeros(len(images), np.int32)}
-        batches = pipeline.eval_batches(
+        return pipeline.eval_batches(
             data,
             global_batch=batch_size,
             pp=self.config.input.pp_eval,
             process_index=0,  # Every process encodes all the images it is given.
             process_count=1,
         )
+
+    def features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """float32 [B, D] features of uint8 images [B, H, W, C]."""
         out = [
-            np.asarray(self._apply(self._variables, b["image"]), np.float32)[
+            np.asarray(self._apply(self.variables, b["image"]), np.float32)[
                 np.asarray(b["mask"], bool)
             ]
-            for b in batches
+            for b in self._batches(images, batch_size)
         ]
         return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
+
+    def inputs(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The float32 inputs [B, H, W, C] the model takes: uint8 images after the eval preprocessing."""
+        out = [
+            np.asarray(b["image"], np.float32)[np.asarray(b["mask"], bool)]
+            for b in self._batches(images, batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, *self.input_shape), np.float32)
+
+    def embed(self, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """float32 [B, D] features of preprocessed inputs (`inputs`), in padded batches of `batch_size`."""
+        n = len(inputs)
+        padded = np.concatenate(
+            [inputs, np.zeros((-n % batch_size, *inputs.shape[1:]), inputs.dtype)]
+        )
+        out = [
+            np.asarray(self._apply(self.variables, padded[i : i + batch_size]), np.float32)
+            for i in range(0, len(padded), batch_size)
+        ]
+        return np.concatenate(out)[:n] if out else np.zeros((0, self.feature_dim), np.float32)
 
 
 def restore(workdir: str) -> ImageEncoder:

@@ -36,6 +36,20 @@ class FeatureFileError(config_lib.UserError, ValueError):
     """A features .npz is malformed; the message names the file, the key and what was expected."""
 
 
+@dataclasses.dataclass(frozen=True)
+class OnlineViews:
+    """What NMTune's online mode needs to draw two fresh augmented views of a training batch at every step and
+    run the frozen encoder on them (tuning.fit)."""
+
+    inputs: (
+        np.ndarray
+    )  # [N, H, W, C] float32: the encoder's preprocessed inputs of the training set.
+    apply_fn: Any  # (variables, inputs [B, H, W, C]) -> features [B, D]
+    variables: Any
+    scale: tuple[float, float]
+    flip: bool
+
+
 @dataclasses.dataclass
 class TaskFeatures:
     """Everything a transfer head needs for one task: train views, labels and the test sets."""
@@ -49,6 +63,8 @@ class TaskFeatures:
     num_classes: int
     # Test domain -> where its features came from ("dataset[split]", or "file.npz:key").
     test_sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Set in the online views mode: MLP/NMTune views are drawn per step.
+    online: OnlineViews | None = None
 
     @property
     def train_features(self) -> np.ndarray:
@@ -295,19 +311,20 @@ def save_npz(path: str, task_features: list[TaskFeatures]) -> None:
 # Features from the project's own encoders, cached on disk.
 
 
-def view_augment(
-    images: np.ndarray, rng: np.random.Generator, max_shift: int, flip: bool
+def augmented_view(
+    encoder, inputs: np.ndarray, view: int, spec: dict[str, Any], chunk: int
 ) -> np.ndarray:
-    """One augmented view: a random translation by up to `max_shift` pixels (zero fill) and an optional
-    horizontal flip per image."""
-    n, h, w, _ = images.shape
-    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
-    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
-    out = np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-    if flip:
-        flips = rng.random(n) < 0.5
-        out[flips] = out[flips, :, ::-1]
-    return out
+    """Features [N, D] of augmented view `view` of preprocessed inputs [N, H, W, C]: view v of example i is
+    `augment.augment_one` with the key of (spec['seed'], v, i), so it never depends on the chunking."""
+    from nml_jax import augment
+
+    run = augment.jitted(tuple(spec["scale"]), bool(spec["flip"]))
+    parts = []
+    for i in range(0, len(inputs), chunk):
+        rows = np.arange(i, min(i + chunk, len(inputs)))
+        keys = augment.example_keys(spec["seed"], view, rows)
+        parts.append(encoder.embed(np.asarray(run(keys, inputs[rows]))))
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.feature_dim), np.float32)
 
 
 def match_input(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -368,10 +385,10 @@ def domain_features(
     views: int = 0,
     view_spec: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features of `domain` as [1 + views, N, D] (view 0 un-augmented) and labels [N], read from the cache when
-    present. Each view is a cache entry of its own, so asking for more views later reuses the first ones."""
-    view_spec = dict(view_spec or {"max_shift": 2, "flip": False, "seed": 0})
-    split = None
+    """Features of `domain` as [1 + views, N, D] (view 0 un-augmented; views 1.. augmented as `view_spec` says,
+    see `augmented_view`) and labels [N], read from the cache when present. Each view is a cache entry of its
+    own, so asking for more views later reuses the first ones."""
+    split = inputs = None
     stacked = []
     for view in range(1 + views):
         key = cache_key(encoder.fingerprint, domain, view, view_spec)
@@ -387,11 +404,11 @@ def domain_features(
             images = match_input(split["image"], encoder.input_shape)
             labels = split["label"].astype(np.int64)
         start = time.time()
-        inputs = images
         if view:
-            rng = np.random.default_rng([view_spec["seed"], view])
-            inputs = view_augment(images, rng, view_spec["max_shift"], view_spec["flip"])
-        feats = encode(encoder, inputs, chunk_size)
+            inputs = encoder.inputs(images) if inputs is None else inputs
+            feats = augmented_view(encoder, inputs, view, view_spec, chunk_size)
+        else:
+            feats = encode(encoder, images, chunk_size)
         logging.info(
             "features %s[%s] view %d: %s in %.1fs",
             domain.dataset,
@@ -406,8 +423,20 @@ def domain_features(
     return np.stack(stacked), labels
 
 
-def task_features(encoder, task: tasks.Task, num_classes: int, **kwargs) -> TaskFeatures:
-    """Features for one task; test domains never get augmented views."""
+def online_views(encoder, domain: tasks.Domain, spec: dict[str, Any], data_dir) -> OnlineViews:
+    """The training set's preprocessed inputs and the encoder, for views drawn at every step."""
+    split = data.load(domain.dataset, domain.split, data_dir=data_dir)
+    inputs = encoder.inputs(match_input(split["image"], encoder.input_shape))
+    return OnlineViews(
+        inputs, encoder.apply_fn, encoder.variables, tuple(spec["scale"]), spec["flip"]
+    )
+
+
+def task_features(
+    encoder, task: tasks.Task, num_classes: int, online: bool = False, **kwargs
+) -> TaskFeatures:
+    """Features for one task (with the inputs for online views when `online`); test domains never get
+    augmented views."""
     train_views, train_labels = domain_features(encoder, task.train, **kwargs)
     test_kwargs = {**kwargs, "views": 0}
     tests = {}
@@ -424,7 +453,23 @@ def task_features(encoder, task: tasks.Task, num_classes: int, **kwargs) -> Task
         tests,
         num_classes,
         sources,
+        online_views(encoder, task.train, kwargs["view_spec"], kwargs.get("data_dir"))
+        if online
+        else None,
     )
+
+
+def view_spec(views_config, encoder_kind: str) -> dict[str, Any]:
+    """The augmentation of the views (`config.views`): the recipe's scale and flip, and the bank's seed."""
+    from nml_jax import augment
+
+    recipe = augment.recipe(views_config.recipe, encoder_kind)
+    return {
+        "recipe": recipe["name"],
+        "scale": list(recipe["scale"]),
+        "flip": recipe["flip"],
+        "seed": views_config.seed,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -438,11 +483,10 @@ def validate(config) -> None:
     if config.get("train_limit") is not None:
         config_lib.check_positive_int("train_limit", config.train_limit)
     config_lib.check_positive_int("feature_chunk_size", config.feature_chunk_size)
-    if config.views.count:
+    config_lib.check_choice("views.mode", config.views.mode, defaults.VIEW_MODES)
+    config_lib.check_choice("views.recipe", config.views.recipe, ("auto", "supervised", "clip"))
+    if config.views.mode == "bank":
         config_lib.check_positive_int("views.count", config.views.count)
-    else:
-        config_lib.check_choice("views.count", config.views.count, [0])
-    config_lib.check_range("views.max_shift", config.views.max_shift, 0, 64)
     if config.get("features_npz") and config.get("pretrained"):
         raise config_lib.ConfigError(
             "Set one of config.features_npz and config.pretrained, not both."
@@ -490,18 +534,18 @@ def load_task_features(config, workdir: str) -> tuple[list[TaskFeatures], dict[s
     source = encoder_source(config, workdir)
     encoder = encoders.restore(source)
     cache_dir = config.get("feature_cache_dir") or os.path.join(source, "features")
-    view_spec = config.views.to_dict()
-    num_views = view_spec.pop("count")
+    mode = config.views.mode
     per_task = [
         task_features(
             encoder,
             task,
             data.num_classes(task.train.dataset, data_dir=config.get("data_dir")),
+            online=mode == "online",
             cache_dir=cache_dir,
             data_dir=config.get("data_dir"),
             chunk_size=config.feature_chunk_size,
-            views=num_views,
-            view_spec=view_spec,
+            views=config.views.count if mode == "bank" else 0,
+            view_spec=view_spec(config.views, encoder.card["kind"]),
         )
         for task in suite(config)
     ]

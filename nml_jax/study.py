@@ -34,6 +34,7 @@ def run_config(config, noise_ratio: float, seed: int):
         cell.pretrain.seed = seed
         cell.pretrain.noise.ratio = noise_ratio
         cell.pretrain.noise.seed = seed
+        cell.views.seed = seed
         for method in cell.transfer:
             cell.transfer[method].seed = seed
         del cell["ratios"], cell["seeds"]

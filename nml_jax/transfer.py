@@ -93,6 +93,7 @@ def transfer_rows(
                     method_configs[method],
                     num_classes=t.num_classes,
                     mesh=mesh,
+                    online=t.online,
                 )
                 fitted.append((t, method, head))
             scores = {d: tuning.accuracy(head, f, y) for d, (f, y) in t.tests.items()}

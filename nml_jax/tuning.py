@@ -9,9 +9,11 @@ Batches: each epoch draws a permutation from (seed, epoch) and cuts it into ceil
 the last batch is padded with masked rows, so every example is used once per epoch exactly as PyTorch's
 `drop_last=False` does: every loss term and the BatchNorm statistics see only the real rows of a short batch.
 
-Views: `train_views` is a [V, N, D] bank of V views of every example. NMTune and the MLP baseline take two
-views per example and step: with V == 1 both are view 0; with V >= 2, two different views drawn uniformly
-from (seed, step). LP trains on view 0 only, which should hold the un-augmented features.
+Views: `train_views` is a [V, N, D] bank of V views of every example, view 0 the un-augmented features. NMTune
+and the MLP baseline take two views per example and step, drawn from (seed, step): two different augmented views
+(1..V-1) when V >= 3; views 0 and 1 when V == 2; view 0 twice when V == 1. In the online mode (`online`, see
+features.OnlineViews) the two views are instead two fresh augmentations of the batch (augment.py) run through
+the frozen encoder inside the jitted step, the official recipe. LP trains on view 0 only.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nml_jax import config_lib, defaults, losses, parallel
+from nml_jax import augment, config_lib, defaults, losses, parallel
 from nml_jax.models import heads
 
 OPTIMIZERS = ("adamw",)
@@ -110,18 +112,45 @@ def epoch_batches(
 def draw_views(
     seed: int, step: jax.Array | int, num_views: int, batch_size: int
 ) -> tuple[jax.Array, jax.Array]:
-    """Two view indices [B] per example for global `step`: different views when V >= 2, both 0 when V == 1.
+    """Two view indices [B] per example for global `step`, from (seed, step).
 
-    a ~ U{0..V-1}, b = (a + U{1..V-1}) mod V, from (seed, step).
+    V >= 3: two different augmented views, a ~ U{0..A-1}, b = (a + U{1..A-1}) mod A, plus 1 (A = V - 1);
+    V == 2: views 0 and 1; V == 1: view 0 twice.
     """
-    if num_views == 1:
+    if num_views <= 2:
         zeros = jnp.zeros(batch_size, jnp.int32)
-        return zeros, zeros
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _VIEW_STREAM), step)
+        return zeros, zeros + (num_views - 1)
+    augmented = num_views - 1
+    key = _view_key(seed, step)
     key_a, key_b = jax.random.split(key)
-    first = jax.random.randint(key_a, (batch_size,), 0, num_views)
-    offset = jax.random.randint(key_b, (batch_size,), 1, num_views)
-    return first, (first + offset) % num_views
+    first = jax.random.randint(key_a, (batch_size,), 0, augmented)
+    offset = jax.random.randint(key_b, (batch_size,), 1, augmented)
+    return first + 1, (first + offset) % augmented + 1
+
+
+def _view_key(seed, step) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _VIEW_STREAM), step)
+
+
+def online_views(
+    online: tuple, data: tuple, seed, step, indices: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Features [B, D] of two fresh augmentations of examples `indices`, through the frozen encoder.
+
+    `online` = (apply_fn, scale, flip) (static); `data` = (inputs [N, H, W, C], encoder variables). The view
+    of example i at `step` depends only on (seed, step, i, draw).
+    """
+    apply_fn, scale, flip = online
+    inputs, encoder_variables = data
+    x = inputs[indices]
+    base = _view_key(seed, step)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
+    views = [
+        augment.augment(jax.vmap(lambda k, d=draw: jax.random.fold_in(k, d))(keys), x, scale, flip)
+        for draw in (0, 1)
+    ]
+    features = jax.lax.stop_gradient(apply_fn(encoder_variables, jnp.concatenate(views)))
+    return features[: len(indices)], features[len(indices) :]
 
 
 # A loss function maps (params, batch_stats, f_view1, f_view2, labels, mask) to
@@ -241,11 +270,14 @@ def fit(
     *,
     num_classes: int,
     mesh: Mesh | None = None,
+    online=None,
 ) -> TrainedHead:
     """Trains a `method` head on float32 [V, N, D] feature views and [N] integer labels.
 
-    Every process passes the same full arrays. Deterministic: the same inputs and config.seed give the same
-    numbers. Raises ValueError/ConfigError on bad inputs or settings, FloatingPointError on a non-finite loss.
+    With `online` (a features.OnlineViews), MLP and NMTune draw their two views per step through the encoder
+    instead of from the bank. Every process passes the same full arrays. Deterministic: the same inputs and
+    config.seed give the same numbers. Raises ValueError/ConfigError on bad inputs or settings,
+    FloatingPointError on a non-finite loss.
     """
     validate(method, config)
     mesh = parallel.make_mesh() if mesh is None else mesh
@@ -261,7 +293,7 @@ def fit(
             f"{min(2 * config.batch_size, dim)}."
         )
     if method == "lp":
-        views, num_views = views[:1], 1
+        views, num_views, online = views[:1], 1, None
 
     num_devices = mesh.devices.size
     views_on_device = _to_device(
@@ -274,6 +306,15 @@ def fit(
     model = make_head(method, config, num_classes)
     variables = jax.device_put(init_variables(model, dim, config.seed), parallel.replicated(mesh))
     num_steps = steps_per_epoch(num_examples, config.batch_size)
+    online_spec, online_data = None, ()
+    if online is not None:
+        online_spec = (online.apply_fn, tuple(online.scale), bool(online.flip))
+        inputs = _pad_rows(np.asarray(online.inputs, np.float32), 0, num_devices)
+        sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
+        online_data = (
+            _to_device(inputs, sharding),
+            jax.device_put(online.variables, parallel.replicated(mesh)),
+        )
     train = train_program(
         method,
         settings_key(config),
@@ -281,9 +322,14 @@ def fit(
         mesh,
         num_examples=num_examples,
         num_views=num_views,
+        online=online_spec,
     )
     variables, curves = train(
-        variables, views_on_device, labels_on_device, jnp.asarray(config.seed, jnp.int32)
+        variables,
+        views_on_device,
+        labels_on_device,
+        jnp.asarray(config.seed, jnp.int32),
+        online_data,
     )
     curves = {name: np.asarray(value) for name, value in parallel.to_host(curves).items()}
     bad = np.flatnonzero(~np.isfinite(curves["loss"]))
@@ -315,8 +361,10 @@ def train_program(
     *,
     num_examples: int,
     num_views: int,
-) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[Any, dict[str, jax.Array]]]:
-    """The jitted program (variables, views, labels, seed) -> (final variables, per-epoch mean of each term).
+    online: tuple | None = None,
+) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
+    """The jitted program (variables, views, labels, seed, online data) -> (final variables, per-epoch mean of
+    each term); `online` = (encoder apply_fn, scale, flip) draws the views per step (`online_views`).
 
     Cached by everything but the seed, so fits of the same shapes and settings (another seed, another noise
     level in a study) reuse one compiled program.
@@ -330,13 +378,16 @@ def train_program(
     batch_sharding = parallel.data_sharding(mesh)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(carry, batch, views, labels, seed):
+    def train_step(carry, batch, views, labels, seed, online_data):
         variables, opt_state = carry
         indices, mask, step = batch
-        first, second = draw_views(seed, step, num_views, batch_size)
+        if online is None:
+            first, second = draw_views(seed, step, num_views, batch_size)
+            f1, f2 = views[first, indices], views[second, indices]
+        else:
+            f1, f2 = online_views(online, online_data, seed, step, indices)
         f1, f2, y, mask = jax.lax.with_sharding_constraint(
-            (views[first, indices], views[second, indices], labels[indices], mask),
-            batch_sharding,
+            (f1, f2, labels[indices], mask), batch_sharding
         )
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
         (_, (aux, batch_stats)), grads = grad_fn(params, batch_stats, f1, f2, y, mask)
@@ -346,8 +397,10 @@ def train_program(
             variables["batch_stats"] = batch_stats
         return (variables, opt_state), aux
 
-    def train(variables, views, labels, seed):
-        step_fn = functools.partial(train_step, views=views, labels=labels, seed=seed)
+    def train(variables, views, labels, seed, online_data):
+        step_fn = functools.partial(
+            train_step, views=views, labels=labels, seed=seed, online_data=online_data
+        )
 
         def epoch_fn(carry, epoch):
             indices, mask = epoch_batches(seed, epoch, num_examples, batch_size)

@@ -24,9 +24,18 @@ class CountingEncoder:
         self.calls = 0
         self.w = np.random.default_rng(0).normal(size=(28 * 28, 16)).astype(np.float32)
 
+    def inputs(self, images):
+        return images.astype(np.float32) / 255.0
+
+    def embed(self, inputs):
+        self.calls += len(inputs)
+        return inputs.reshape(len(inputs), -1) @ self.w
+
     def features(self, images):
-        self.calls += len(images)
-        return images.reshape(len(images), -1).astype(np.float32) @ self.w / 255.0
+        return self.embed(self.inputs(images))
+
+
+VIEWS = {"recipe": "supervised", "scale": [0.8, 1.0], "flip": True, "seed": 0}
 
 
 DOMAIN = tasks.Domain("uci_digits", "nml_uci_digits", "test[:100]")
@@ -54,11 +63,26 @@ def test_view_bank_reuses_view_zero_and_views_differ(tmp_path):
     encoder = CountingEncoder()
     features.domain_features(encoder, DOMAIN, cache_dir=str(tmp_path), chunk_size=50)
     views, _ = features.domain_features(
-        encoder, DOMAIN, cache_dir=str(tmp_path), chunk_size=50, views=2
+        encoder, DOMAIN, cache_dir=str(tmp_path), chunk_size=50, views=2, view_spec=VIEWS
     )
     assert views.shape == (3, 100, 16)
     assert encoder.calls == 300  # View 0 came from the cache.
     assert not np.allclose(views[1], views[2]) and not np.allclose(views[0], views[1])
+    # The views depend on their seed and recipe, never on the chunking.
+    other_chunks, _ = features.domain_features(
+        encoder, DOMAIN, cache_dir=str(tmp_path / "b"), chunk_size=7, views=2, view_spec=VIEWS
+    )
+    np.testing.assert_allclose(other_chunks, views, rtol=1e-5, atol=1e-5)
+    reseeded, _ = features.domain_features(
+        encoder,
+        DOMAIN,
+        cache_dir=str(tmp_path),
+        chunk_size=50,
+        views=1,
+        view_spec={**VIEWS, "seed": 1},
+    )
+    assert encoder.calls == 600 + 100  # A new seed is a new view 1 (view 0 cached).
+    assert not np.allclose(reseeded[1], views[1])
 
 
 def test_chunking_does_not_change_features(tmp_path):

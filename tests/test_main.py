@@ -55,8 +55,8 @@ def test_noise_stage_writes_config_and_noise(tmp_path):
             r"config.pretrain.model.name='resnet7' is not valid",
         ),
         (
-            ["--config=configs/study.py:smoke", "--config.views.max_shift=-1"],
-            r"config.views.max_shift=-1 is not valid",
+            ["--config=configs/study.py:smoke", "--config.views.mode=bnak"],
+            r"config.views.mode='bnak' is not valid",
         ),
         (
             ["--config=configs/pretrain.py", "--config.optimizer.lr=abc"],

@@ -90,8 +90,16 @@ def test_epoch_batches_cover_every_example_once_and_draw_views():
     other, _ = tuning.epoch_batches(seed=3, epoch=1, num_examples=10, batch_size=4)
     np.testing.assert_array_equal(indices, again)
     assert not np.array_equal(indices, other)
-    first, second = tuning.draw_views(seed=0, step=5, num_views=3, batch_size=100)
-    assert np.all(first != second) and set(np.asarray(first).tolist()) == {0, 1, 2}
+    # V >= 3: view 0 is the plain feature; two different augmented views are drawn, never view 0.
+    first, second = tuning.draw_views(seed=0, step=5, num_views=5, batch_size=400)
+    first, second = np.asarray(first), np.asarray(second)
+    assert np.all(first != second)
+    assert set(first.tolist()) == set(second.tolist()) == {1, 2, 3, 4}
+    later = np.asarray(tuning.draw_views(seed=0, step=6, num_views=5, batch_size=400)[0])
+    assert not np.array_equal(first, later)
+    first, second = tuning.draw_views(seed=0, step=5, num_views=2, batch_size=4)
+    np.testing.assert_array_equal(first, 0)
+    np.testing.assert_array_equal(second, 1)
     first, second = tuning.draw_views(seed=0, step=5, num_views=1, batch_size=4)
     np.testing.assert_array_equal(first, 0)
     np.testing.assert_array_equal(second, 0)
