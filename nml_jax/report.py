@@ -298,7 +298,6 @@ def claims(
     id_sets = _sets(rows, "id", lambda r: usable(r) and r.test_domain not in pretrain)
     own_sets = _sets(rows, "id", lambda r: usable(r) and r.test_domain in pretrain)
     ood_sets = _sets(rows, "ood", usable)
-    sources = sorted({r.train_domain for r in rows if r.kind == "ood" and usable(r)})
     per_seed, info = {}, {}
     for claim in CLAIMS:
         spectral = claim.startswith("noise_raises_")
@@ -309,53 +308,57 @@ def claims(
             values, levels, note = {}, [], "no test set of this kind is left for this claim"
         if not note:
             per_seed[claim] = [values[s] for s in sorted(values)]
-        breakdown = []
-        if claim.endswith("_id"):
-            breakdown = [
-                _descriptive(
-                    rows, spectra_by_run, claim, f"pre-training set {k[1]} (not in the claim)", [k]
-                )
-                for k in own_sets
-            ]
-        elif claim.endswith("_ood"):
-            for source in sources:
-                src_sets = _sets(rows, "ood", lambda r, s=source: usable(r) and r.train_domain == s)
-                label = f"source {source}" + (
-                    " (the pre-training set)" if source in pretrain else ""
-                )
-                breakdown.append(_descriptive(rows, spectra_by_run, claim, label, src_sets))
+        breakdown = _breakdown(rows, spectra_by_run, claim, own_sets, usable, pretrain)
         info[claim] = (values, levels, note, sets, breakdown)
     verdicts = stats.judge(per_seed)
+    return [
+        _claim_result(claim, statement, unit, verdicts.get(claim), *info[claim])
+        for claim, (statement, unit) in CLAIMS.items()
+    ]
+
+
+def _breakdown(rows, spectra, claim: str, own_sets, usable, pretrain) -> list[dict]:
+    """Descriptive rows beside a claim: the pre-training set's own ID task, or each OOD source task."""
+    if claim.endswith("_id"):
+        return [
+            _descriptive(rows, spectra, claim, f"pre-training set {k[1]} (not in the claim)", [k])
+            for k in own_sets
+        ]
+    if not claim.endswith("_ood"):
+        return []
     out = []
-    for claim, (statement, unit) in CLAIMS.items():
-        values, levels, note, sets, breakdown = info[claim]
-        v = verdicts.get(claim)
-        if claim.startswith("noise_raises_") and not note:
-            note = (
-                "per-run values of spectra_by_run (downstream.mean_spectrum: the mean over every ID test set, "
-                "the pre-training set included)"
-            )
-        out.append(
-            {
-                "claim": claim,
-                "statement": statement,
-                "unit": unit,
-                "estimate": v.estimate if v else None,
-                "ci95": list(v.ci95) if v and v.ci95 else None,
-                "ci_holm": list(v.ci_holm) if v and v.ci_holm else None,
-                "ci_holm_level": v.level if v else None,
-                "p": v.p if v else None,
-                "p_holm": v.p_holm if v else None,
-                "n_seeds": v.n if v else 0,
-                "verdict": v.verdict if v else NOT_TESTABLE,
-                "tasks": [_set_label(k) for k in sets],
-                "noise_levels": levels,
-                "per_seed": [[s, values[s]] for s in sorted(values)],
-                "note": note,
-                "breakdown": breakdown,
-            }
-        )
+    for source in sorted({r.train_domain for r in rows if r.kind == "ood" and usable(r)}):
+        sets = _sets(rows, "ood", lambda r, s=source: usable(r) and r.train_domain == s)
+        label = f"source {source}" + (" (the pre-training set)" if source in pretrain else "")
+        out.append(_descriptive(rows, spectra, claim, label, sets))
     return out
+
+
+def _claim_result(claim, statement, unit, v, values, levels, note, sets, breakdown) -> dict:
+    """One claim's JSON-ready dict (see `claims`); `v` is its stats.judge verdict or None."""
+    if claim.startswith("noise_raises_") and not note:
+        note = (
+            "per-run values of spectra_by_run (analyze.mean_spectrum: the mean over every ID test set, "
+            "the pre-training set included)"
+        )
+    return {
+        "claim": claim,
+        "statement": statement,
+        "unit": unit,
+        "estimate": v.estimate if v else None,
+        "ci95": list(v.ci95) if v and v.ci95 else None,
+        "ci_holm": list(v.ci_holm) if v and v.ci_holm else None,
+        "ci_holm_level": v.level if v else None,
+        "p": v.p if v else None,
+        "p_holm": v.p_holm if v else None,
+        "n_seeds": v.n if v else 0,
+        "verdict": v.verdict if v else NOT_TESTABLE,
+        "tasks": [_set_label(k) for k in sets],
+        "noise_levels": levels,
+        "per_seed": [[s, values[s]] for s in sorted(values)],
+        "note": note,
+        "breakdown": breakdown,
+    }
 
 
 def _fmt(value: float | None, unit: str) -> str:

@@ -306,15 +306,7 @@ def fit(
     model = make_head(method, config, num_classes)
     variables = jax.device_put(init_variables(model, dim, config.seed), parallel.replicated(mesh))
     num_steps = steps_per_epoch(num_examples, config.batch_size)
-    online_spec, online_data = None, ()
-    if online is not None:
-        online_spec = (online.apply_fn, tuple(online.scale), bool(online.flip))
-        inputs = _pad_rows(np.asarray(online.inputs, np.float32), 0, num_devices)
-        sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
-        online_data = (
-            _to_device(inputs, sharding),
-            jax.device_put(online.variables, parallel.replicated(mesh)),
-        )
+    online_spec, online_data = _online_on_device(online, mesh)
     train = train_program(
         method,
         settings_key(config),
@@ -345,6 +337,18 @@ def fit(
         mesh=mesh,
         eval_batch_size=config.eval_batch_size,
     )
+
+
+def _online_on_device(online, mesh: Mesh) -> tuple[tuple | None, tuple]:
+    """(static spec, device data) of the online views: (apply_fn, scale, flip) and (sharded inputs, encoder)."""
+    if online is None:
+        return None, ()
+    inputs = _pad_rows(np.asarray(online.inputs, np.float32), 0, mesh.devices.size)
+    data = (
+        _to_device(inputs, NamedSharding(mesh, P(parallel.DATA_AXIS))),
+        jax.device_put(online.variables, parallel.replicated(mesh)),
+    )
+    return (online.apply_fn, tuple(online.scale), bool(online.flip)), data
 
 
 def settings_key(config: ml_collections.ConfigDict) -> tuple:

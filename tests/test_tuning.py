@@ -169,11 +169,8 @@ def test_mlp_equals_nmtune_with_zero_weights():
     nmtune = tuning.fit("nmtune", views, labels, config, num_classes=4)
     np.testing.assert_allclose(mlp.loss_curve, nmtune.loss_curve, rtol=1e-5)
     np.testing.assert_allclose(nmtune.curves["ce"], nmtune.loss_curve, rtol=1e-6)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-        mlp.variables,
-        nmtune.variables,
-    )
+    # Zero-weighted terms still add round-off to the gradient of the bias that BatchNorm cancels.
+    _assert_same_head(nmtune, mlp, config.lr)
 
 
 def _assert_same_head(eight, one, lr):
