@@ -17,7 +17,7 @@ import numpy as np
 
 from nml_jax import models
 from nml_jax.convert import converters
-from nml_jax.models import efficientnet
+from nml_jax.models import efficientnet, resnet
 
 # TensorFlow's EfficientNet-Lite inputs: (x - 127) / 128 on 0..255 pixels, i.e. [0, 1] -> [-127/128, 1].
 TF_LITE_NORM = "value_range(-0.9921875, 1.0, 0.0, 1.0)"
@@ -56,6 +56,20 @@ ARCHS: dict[tuple[str, str], Arch] = {
     )
     for v in efficientnet.VARIANTS
 }
+# torchvision and timm name ResNet tensors alike (conv1, bn1, layerS.J.{conv,bn}K, downsample.{0,1}, fc).
+ARCHS.update(
+    {
+        (source, f"resnet{depth}"): Arch(
+            model=f"resnet{depth}",
+            kwargs={"stem": "imagenet", "padding": "symmetric"},
+            module_map=converters.resnet_names(*resnet.STAGE_SIZES[depth]),
+            resolution=224,
+            normalization=IMAGENET_NORM,
+        )
+        for source in ("torchvision", "timm")
+        for depth in resnet.STAGE_SIZES
+    }
+)
 SOURCES = tuple(sorted({source for source, _ in ARCHS}))
 
 

@@ -133,3 +133,23 @@ def efficientnet_lite_names(path: tuple[str, ...]) -> str:
         "project_norm": "_bn2",
     }
     return f"_blocks.{int(path[0][len('block') :])}.{inner[path[1]]}"
+
+
+def resnet_names(
+    stage_sizes: tuple[int, ...], bottleneck: bool
+) -> Callable[[tuple[str, ...]], str]:
+    """Our ResNet module path -> the torchvision / timm prefix (`conv1`, `bn1`, `layerS.J.convK`, `fc`)."""
+    stages = [(i + 1, j) for i, size in enumerate(stage_sizes) for j in range(size)]
+    block = "BottleneckBlock_" if bottleneck else "BasicBlock_"
+    inner = {"proj": "downsample.0", "proj_norm": "downsample.1"}
+    inner.update({f"Conv_{k}": f"conv{k + 1}" for k in range(3)})
+    inner.update({f"BatchNorm_{k}": f"bn{k + 1}" for k in range(3)})
+
+    def names(path: tuple[str, ...]) -> str:
+        top = {"stem_conv": "conv1", "stem_norm": "bn1", "head": "fc"}
+        if path[0] in top:
+            return top[path[0]]
+        stage, j = stages[int(path[0][len(block) :])]
+        return f"layer{stage}.{j}.{inner[path[1]]}"
+
+    return names
