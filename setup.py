@@ -29,7 +29,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # benchmarks/torch_compare.py: the CPU wheel (any other spelling pulls a CUDA build of several GB).
+    # benchmarks/torch_compare.py and the converter parity tests (tests/test_convert_parity.py): the CPU wheel
+    # (any other spelling pulls a CUDA build of several GB).
     "bench": ["torch==2.13.0"],
     # nbclient + ipykernel execute the quickstart notebook headless in the tests.
     "test": [

@@ -8,8 +8,8 @@ weights or their config change; the feature cache is keyed by it). Three kinds:
 - `TextEncoder`, the frozen all-MiniLM-L6-v2 sentence encoder (mean-pooled, L2-normalised embeddings).
 
 The model card `<workdir>/model.json`, written by every trainer through `write_card` and read by `read_card`,
-records the kind of model, its input shape, the pre-training noise ratio and seed, the config and its
-fingerprint. Feature extraction and the downstream stages depend on this module, never on a trainer.
+records the kind of model, its input shape, the pre-training noise ratio (null when unknown, as for PyTorch
+weights brought in by nml_jax.convert) and seed, the config and its fingerprint. Feature extraction and the downstream stages depend on this module, never on a trainer.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def write_card(
         "kind": kind,
         "name": config.model.get("name", kind),
         "input_shape": [int(d) for d in input_shape],
-        "noise_ratio": float(config.noise.ratio),
+        "noise_ratio": None if config.noise.ratio is None else float(config.noise.ratio),
         "noise_kind": config.noise.kind,
         "seed": int(config.seed),
         "config_fingerprint": config_lib.fingerprint(config),
@@ -132,9 +132,11 @@ _CARD_FIELDS = {
         lambda v: isinstance(v, list) and v and all(_is_int(d) and d > 0 for d in v),
         "a list of positive integers, e.g. [28, 28, 1]",
     ),
-    "noise_ratio": (
-        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
-        "a number in [0, 1]",
+    "noise_ratio": (  # None: unknown (an imported model).
+        lambda v: (
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1)
+        ),
+        "a number in [0, 1], or null when unknown",
     ),
     "seed": (_is_int, "an integer"),
     "config": (lambda v: isinstance(v, dict), "a JSON object (the pre-training config)"),

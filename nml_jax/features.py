@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from nml_jax import config_lib, data, defaults, encoders, files, parallel, tasks
+from nml_jax.convert import importer
 
 
 class FeatureFileError(config_lib.UserError, ValueError):
@@ -491,6 +492,13 @@ def validate(config) -> None:
         raise config_lib.ConfigError(
             "Set one of config.features_npz and config.pretrained, not both."
         )
+    if importer.is_spec(config.get("pretrained")):
+        importer.parse_spec(config.pretrained)
+        if config.get("image_size") is not None:
+            config_lib.check_positive_int("image_size", config.image_size)
+    for key in ("test_limit",):
+        if config.get(key) is not None:
+            config_lib.check_positive_int(key, config[key])
     for path in npz_paths(config):
         # Read in full here, so a malformed file fails before any work (it is read again by the stage).
         load_npz(path)
@@ -507,13 +515,20 @@ def npz_paths(config) -> list[str]:
 def suite(config) -> list[tasks.Task]:
     """The downstream tasks the config names (`config.suite`, with `config.train_limit` for the embedded one)."""
     if config.suite == "embedded":
-        return tasks.embedded_suite(config.get("train_limit"))
+        return tasks.embedded_suite(config.get("train_limit"), config.get("test_limit"))
     return tasks.SUITES[config.suite]()
 
 
 def encoder_source(config, workdir: str) -> str:
-    """The pre-training workdir whose checkpoint is the encoder: `config.pretrained` or this workdir."""
-    return config.get("pretrained") or workdir
+    """The pre-training workdir whose checkpoint is the encoder: `config.pretrained`, or this workdir (where
+    PyTorch weights named by `config.pretrained = 'SOURCE:ARCH[:FILE]'` are imported first, once)."""
+    pretrained = config.get("pretrained")
+    if importer.is_spec(pretrained):
+        importer.import_model(
+            pretrained, workdir, config.get("image_size"), bool(config.get("overwrite", False))
+        )
+        return workdir
+    return pretrained or workdir
 
 
 def load_task_features(config, workdir: str) -> tuple[list[TaskFeatures], dict[str, Any]]:
@@ -550,7 +565,9 @@ def load_task_features(config, workdir: str) -> tuple[list[TaskFeatures], dict[s
         for task in suite(config)
     ]
     meta = {
-        "noise_ratio": float(encoder.card["noise_ratio"]),
+        "noise_ratio": math.nan
+        if encoder.card["noise_ratio"] is None
+        else float(encoder.card["noise_ratio"]),
         "seed": int(encoder.card["seed"]),
         "source": encoder.fingerprint,
         "pretrain_dataset": encoder.config.get("dataset"),

@@ -31,5 +31,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     elif not config.get("pretrained"):
         pretrain.run(config.pretrain, workdir)
     out = transfer.evaluate(config, workdir)
-    print(report.markdown(out["rows"], {}, config.title).split("## Every test set")[0])
+    # The printed summary leaves out the same pre-training sets as report.md (another model's: none of ours).
+    summary = report.markdown(out["rows"], {}, config.title, **out["context"])
+    print(summary.split("## Every test set")[0])
     return out

@@ -48,42 +48,46 @@ def _configs(family: str) -> list[str]:
     return [name.split("/", 1)[1] for name in EMBEDDED if name.startswith(family + "/")]
 
 
-def _train_split(dataset: str, limit: int | None) -> str:
-    """`train`, or its first `limit` examples when the split is larger (TFDS rejects a slice past the end)."""
+def _capped_split(dataset: str, limit: int | None, split: str = "train") -> str:
+    """`split`, or its first `limit` examples when the split is larger (TFDS rejects a slice past the end)."""
     from nml_jax import data
 
-    if limit and limit < data.num_examples(dataset, "train"):
-        return f"train[:{limit}]"
-    return "train"
+    if limit and limit < data.num_examples(dataset, split):
+        return f"{split}[:{limit}]"
+    return split
 
 
-def embedded_suite(train_limit: int | None = None) -> list[Task]:
+def embedded_suite(train_limit: int | None = None, test_limit: int | None = None) -> list[Task]:
     """ID: Fashion-MNIST, MNIST-5k, UCI digits. OOD: MNIST-5k -> UCI digits, MNIST-M, printed digits, MNIST-C;
     Fashion-MNIST -> Fashion-MNIST-C and sketch.
-
     `train_limit` caps every training split (TFDS slicing `train[:N]`), to keep the default job fast.
+    `test_limit` caps every test split the same way (`test[:N]`), for encoders that are slow per image.
     """
+    # (dataset, [train split,] capped test split): the arguments of a target, or of id_task.
+    test = lambda dataset, *train: (dataset, *train, _capped_split(dataset, test_limit, "test"))
     fmnist = Domain(
-        "fashion_mnist", "nml_fashion_mnist", _train_split("nml_fashion_mnist", train_limit)
+        "fashion_mnist", "nml_fashion_mnist", _capped_split("nml_fashion_mnist", train_limit)
     )
-    mnist = Domain("mnist5k", "nml_mnist5k", _train_split("nml_mnist5k", train_limit))
+    mnist = Domain("mnist5k", "nml_mnist5k", _capped_split("nml_mnist5k", train_limit))
     digits_targets = {
-        "uci_digits": ("nml_uci_digits", "test"),
-        "mnist_m": ("nml_mnist_m", "test"),
-        "printed_digits": ("nml_printed_digits", "test"),
-        **{f"mnist_c_{c}": (f"nml_mnist_c/{c}", "test") for c in _configs("nml_mnist_c")},
+        "uci_digits": test("nml_uci_digits"),
+        "mnist_m": test("nml_mnist_m"),
+        "printed_digits": test("nml_printed_digits"),
+        **{f"mnist_c_{c}": test(f"nml_mnist_c/{c}") for c in _configs("nml_mnist_c")},
     }
     fashion_targets = {
         **{
-            f"fashion_mnist_c_{c}": (f"nml_fashion_mnist_c/{c}", "test")
+            f"fashion_mnist_c_{c}": test(f"nml_fashion_mnist_c/{c}")
             for c in _configs("nml_fashion_mnist_c")
         },
-        "fashion_mnist_sketch": ("nml_fashion_mnist_sketch", "test"),
+        "fashion_mnist_sketch": test("nml_fashion_mnist_sketch"),
     }
     return [
-        id_task("fashion_mnist", "nml_fashion_mnist", fmnist.split),
-        id_task("mnist5k", "nml_mnist5k", mnist.split),
-        id_task("uci_digits", "nml_uci_digits", _train_split("nml_uci_digits", train_limit)),
+        id_task("fashion_mnist", *test("nml_fashion_mnist", fmnist.split)),
+        id_task("mnist5k", *test("nml_mnist5k", mnist.split)),
+        id_task(
+            "uci_digits", *test("nml_uci_digits", _capped_split("nml_uci_digits", train_limit))
+        ),
         ood_task("mnist5k_ood", mnist, digits_targets),
         ood_task("fashion_mnist_ood", fmnist, fashion_targets),
     ]

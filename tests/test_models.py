@@ -76,3 +76,15 @@ def test_bad_names_raise_clear_errors():
         jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
     with pytest.raises(ValueError, match="dtype='int8'"):
         layers.get_dtype("int8")
+
+
+def test_symmetric_conv_pads_both_sides_like_pytorch():
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    ones = {"params": {"kernel": jnp.ones((3, 3, 1, 1))}}
+    symmetric = layers.symmetric_conv(1, (3, 3), (2, 2), use_bias=False).apply(ones, x)
+    same = nn.Conv(1, (3, 3), (2, 2), use_bias=False, padding="SAME").apply(ones, x)
+    # Output (0, 0) sums rows/cols -1..1 when padded on both sides; 0..2 under XLA SAME.
+    assert float(symmetric[0, 0, 0, 0]) == float(x[0, :2, :2].sum())
+    assert float(same[0, 0, 0, 0]) == float(x[0, :3, :3].sum())
+    with pytest.raises(ValueError, match="padding='torch' is not valid"):
+        models.get("resnet18", 2, padding="torch").init(jax.random.PRNGKey(0), x.repeat(3, -1))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from nml_jax.models import clip, cnn, resnet, vit
+from nml_jax.models import clip, cnn, efficientnet, resnet, vit
 
 _CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     "cnn": lambda num_classes, **kw: cnn.SmallCNN(num_classes=num_classes, **kw),
@@ -21,6 +21,10 @@ _CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     "vit_s16": functools.partial(vit.vit, "s", patch_size=16),
     "vit_b16": functools.partial(vit.vit, "b", patch_size=16),
     "vit_tiny": functools.partial(vit.vit, "tiny", patch_size=4),
+    **{
+        f"efficientnet_lite{v}": functools.partial(efficientnet.efficientnet_lite, v)
+        for v in efficientnet.VARIANTS
+    },
 }
 _CLIP_TOWERS: dict[str, Callable[..., nn.Module]] = {
     "clip_cnn": lambda embed_dim, **kw: clip.CNNTower(embed_dim=embed_dim, **kw),

@@ -1,4 +1,4 @@
-"""Small building blocks shared by the models: dtype parsing and a fast max-pool.
+"""Small building blocks shared by the models: dtype parsing, a fast max-pool, PyTorch-style conv padding.
 
 `max_pool` uses a reshape when the window tiles the input exactly (window == stride, no
 padding): on XLA:CPU this trains about 2x faster than `lax.reduce_window` for the small CNN
@@ -33,3 +33,12 @@ def max_pool(x: jnp.ndarray, window: int) -> jnp.ndarray:
         return nn.max_pool(x, (window, window), strides=(window, window), padding="VALID")
     x = x.reshape(batch, height // window, window, width // window, window, channels)
     return x.max(axis=(2, 4))
+
+
+def symmetric_conv(features: int, kernel_size, strides=1, padding="SAME", **kwargs) -> nn.Conv:
+    """An `nn.Conv` padded as PyTorch's `Conv2d(padding=k // 2)`: k // 2 on both sides of each spatial axis
+    (XLA's "SAME" puts the extra row and column of a strided conv at the end instead). An explicit
+    `padding` other than "SAME" is kept."""
+    if isinstance(padding, str) and padding == "SAME":
+        padding = [(k // 2, k // 2) for k in kernel_size]
+    return nn.Conv(features, kernel_size, strides, padding=padding, **kwargs)

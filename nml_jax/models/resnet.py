@@ -1,7 +1,9 @@
 """ResNet-18/34/50/101/152 (He et al., 2016), v1.5 (stride on the 3x3 conv of bottleneck blocks).
 
 Two stems: `imagenet` (7x7/2 conv + 3x3/2 max-pool, for 224 px) and `small` (one 3x3/1
-conv, no pool, for 28-32 px inputs such as CIFAR and Fashion-MNIST). Features are the
+conv, no pool, for 28-32 px inputs such as CIFAR and Fashion-MNIST). Strided convs and the stem pool pad as
+XLA's "SAME" (the extra row and column at the end) or, with `padding='symmetric'`, as PyTorch (k // 2 on both
+sides), which weights converted from torchvision or timm need. Features are the
 globally average-pooled last stage. Batch norm statistics cover the whole global batch: under
 `jax.jit` with the batch sharded over devices, the mean over axis 0 is a global reduction
 (tests/test_pretrain.py checks 8 devices against 1).
@@ -72,6 +74,7 @@ class ResNet(nn.Module):
       bottleneck: bottleneck blocks (ResNet-50+) instead of basic blocks.
       width: channels of the first stage (doubled at each later stage).
       stem: 'imagenet' (7x7/2 conv + max-pool) or 'small' (3x3/1 conv).
+      padding: 'same' (XLA) or 'symmetric' (PyTorch) padding of the convs and the stem pool.
       dtype: compute dtype; parameters and batch-norm statistics stay float32.
     """
 
@@ -80,15 +83,24 @@ class ResNet(nn.Module):
     bottleneck: bool = False
     width: int = 64
     stem: str = "imagenet"
+    padding: str = "same"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
         if self.stem not in ("imagenet", "small"):
             raise ValueError(f"stem={self.stem!r} is not valid; expected 'imagenet' or 'small'.")
+        if self.padding not in ("same", "symmetric"):
+            raise ValueError(
+                f"padding={self.padding!r} is not valid; expected 'same' or 'symmetric'."
+            )
         dtype = layers.get_dtype(self.dtype)
         conv = functools.partial(
-            nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, padding="SAME"
+            nn.Conv if self.padding == "same" else layers.symmetric_conv,
+            use_bias=False,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            padding="SAME",
         )
         norm = functools.partial(
             nn.BatchNorm,
@@ -102,7 +114,8 @@ class ResNet(nn.Module):
         if self.stem == "imagenet":
             x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
             x = nn.relu(norm(name="stem_norm")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            pool_padding = "SAME" if self.padding == "same" else ((1, 1), (1, 1))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pool_padding)
         else:
             x = conv(self.width, (3, 3), name="stem_conv")(x)
             x = nn.relu(norm(name="stem_norm")(x))

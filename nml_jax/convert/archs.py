@@ -1,0 +1,95 @@
+"""The architectures PyTorch weights can be brought in from: `(source, arch)` -> our model and its inputs.
+
+Each entry names our registered model (nml_jax.models) and its attributes, the Flax -> PyTorch name map, the
+input resolution the weights were trained at and the normalisation they expect (a preprocessing string applied
+after the image is converted to RGB floats in [0, 1] and resized).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nml_jax import models
+from nml_jax.convert import converters
+from nml_jax.models import efficientnet, resnet
+
+# TensorFlow's EfficientNet-Lite inputs: (x - 127) / 128 on 0..255 pixels, i.e. [0, 1] -> [-127/128, 1].
+TF_LITE_NORM = "value_range(-0.9921875, 1.0, 0.0, 1.0)"
+IMAGENET_NORM = "normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """How to build our model for one PyTorch architecture and read its state dict."""
+
+    model: str  # Name in the nml_jax.models registry.
+    kwargs: dict[str, Any]
+    module_map: Callable[[tuple[str, ...]], str]
+    resolution: int
+    normalization: str
+    num_outputs: int = 1000  # ImageNet classes (a CLIP tower: its embedding width).
+    card_kind: str = "classifier"
+
+    def build(self):
+        return models.get(self.model, self.num_outputs, **self.kwargs)
+
+    def abstract_variables(self) -> dict:
+        """The model's variables as ShapeDtypeStructs (no parameters are initialised)."""
+        x = jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
+        shapes = jax.eval_shape(lambda: self.build().init(jax.random.key(0), x))
+        return {k: v for k, v in shapes.items() if k in ("params", "batch_stats")}
+
+
+ARCHS: dict[tuple[str, str], Arch] = {
+    ("efficientnet_lite", f"lite{v}"): Arch(
+        model=f"efficientnet_lite{v}",
+        kwargs={},
+        module_map=converters.efficientnet_lite_names,
+        resolution=efficientnet.VARIANTS[v][2],
+        normalization=TF_LITE_NORM,
+    )
+    for v in efficientnet.VARIANTS
+}
+# torchvision and timm name ResNet tensors alike (conv1, bn1, layerS.J.{conv,bn}K, downsample.{0,1}, fc).
+ARCHS.update(
+    {
+        (source, f"resnet{depth}"): Arch(
+            model=f"resnet{depth}",
+            kwargs={"stem": "imagenet", "padding": "symmetric"},
+            module_map=converters.resnet_names(*resnet.STAGE_SIZES[depth]),
+            resolution=224,
+            normalization=IMAGENET_NORM,
+        )
+        for source in ("torchvision", "timm")
+        for depth in resnet.STAGE_SIZES
+    }
+)
+SOURCES = tuple(sorted({source for source, _ in ARCHS}))
+
+
+def get(source: str, arch: str) -> Arch:
+    """The entry of (`source`, `arch`); the error lists what is supported."""
+    if (source, arch) not in ARCHS:
+        supported = ", ".join(f"{s}:{a}" for s, a in sorted(ARCHS))
+        raise converters.StateDictError(
+            f"No converter for {source}:{arch}; supported: {supported}."
+        )
+    return ARCHS[(source, arch)]
+
+
+def convert(source: str, arch: str, state_dict: dict[str, np.ndarray]) -> dict:
+    """Our model's variables ({'params', 'batch_stats'}) from a PyTorch `state_dict` of `source`:`arch`.
+
+    Raises:
+      StateDictError: unsupported architecture, or missing / unexpected / mis-shaped tensors (all listed).
+    """
+    entry = get(source, arch)
+    return converters.map_state_dict(
+        state_dict, entry.abstract_variables(), entry.module_map, f"{source}:{arch}"
+    )

