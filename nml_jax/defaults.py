@@ -61,8 +61,16 @@ def noise_block(
     kind: one of NOISE_KINDS; ratio in [0, 1); seed picks the corrupted examples; pairs (class -> class map) for
     asymmetric; matrix (C x C row-stochastic) for matrix.
     """
+    # Python literals on the command line: --config.noise.pairs='{0: 6, 6: 0}'.
     return ml_collections.ConfigDict(
-        {"kind": kind, "ratio": ratio, "seed": seed, "pairs": None, "matrix": None}, type_safe=False
+        {
+            "kind": kind,
+            "ratio": ratio,
+            "seed": seed,
+            "pairs": optional(object),
+            "matrix": optional(object),
+        },
+        type_safe=False,
     )
 
 

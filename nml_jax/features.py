@@ -505,10 +505,10 @@ def npz_paths(config) -> list[str]:
 
 
 def suite(config) -> list[tasks.Task]:
-    """The downstream tasks the config names (`config.suite`, with `config.train_limit` for the embedded one)."""
-    if config.suite == "embedded":
-        return tasks.embedded_suite(config.get("train_limit"))
-    return tasks.SUITES[config.suite]()
+    """The downstream tasks the config names (`config.suite`), every training split cut to `config.train_limit`."""
+    return tasks.limit_train(
+        tasks.SUITES[config.suite](), config.get("train_limit"), config.get("data_dir")
+    )
 
 
 def encoder_source(config, workdir: str) -> str:

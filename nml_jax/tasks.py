@@ -48,25 +48,25 @@ def _configs(family: str) -> list[str]:
     return [name.split("/", 1)[1] for name in EMBEDDED if name.startswith(family + "/")]
 
 
-def _train_split(dataset: str, limit: int | None) -> str:
-    """`train`, or its first `limit` examples when the split is larger (TFDS rejects a slice past the end)."""
+def limit_train(suite: list[Task], limit: int | None, data_dir: str | None = None) -> list[Task]:
+    """`suite` with every training split cut to its first `limit` examples (`data.limit_split`); test splits
+    are never cut."""
+    if not limit:
+        return suite
     from nml_jax import data
 
-    if limit and limit < data.num_examples(dataset, "train"):
-        return f"train[:{limit}]"
-    return "train"
+    def cut(domain: Domain) -> Domain:
+        split = data.limit_split(domain.dataset, domain.split, limit, data_dir)
+        return dataclasses.replace(domain, split=split)
+
+    return [dataclasses.replace(task, train=cut(task.train)) for task in suite]
 
 
-def embedded_suite(train_limit: int | None = None) -> list[Task]:
+def embedded_suite() -> list[Task]:
     """ID: Fashion-MNIST, MNIST-5k, UCI digits. OOD: MNIST-5k -> UCI digits, MNIST-M, printed digits, MNIST-C;
-    Fashion-MNIST -> Fashion-MNIST-C and sketch.
-
-    `train_limit` caps every training split (TFDS slicing `train[:N]`), to keep the default job fast.
-    """
-    fmnist = Domain(
-        "fashion_mnist", "nml_fashion_mnist", _train_split("nml_fashion_mnist", train_limit)
-    )
-    mnist = Domain("mnist5k", "nml_mnist5k", _train_split("nml_mnist5k", train_limit))
+    Fashion-MNIST -> Fashion-MNIST-C and sketch."""
+    fmnist = Domain("fashion_mnist", "nml_fashion_mnist", "train")
+    mnist = Domain("mnist5k", "nml_mnist5k", "train")
     digits_targets = {
         "uci_digits": ("nml_uci_digits", "test"),
         "mnist_m": ("nml_mnist_m", "test"),
@@ -81,9 +81,9 @@ def embedded_suite(train_limit: int | None = None) -> list[Task]:
         "fashion_mnist_sketch": ("nml_fashion_mnist_sketch", "test"),
     }
     return [
-        id_task("fashion_mnist", "nml_fashion_mnist", fmnist.split),
-        id_task("mnist5k", "nml_mnist5k", mnist.split),
-        id_task("uci_digits", "nml_uci_digits", _train_split("nml_uci_digits", train_limit)),
+        id_task("fashion_mnist", "nml_fashion_mnist"),
+        id_task("mnist5k", "nml_mnist5k"),
+        id_task("uci_digits", "nml_uci_digits"),
         ood_task("mnist5k_ood", mnist, digits_targets),
         ood_task("fashion_mnist_ood", fmnist, fashion_targets),
     ]

@@ -1,0 +1,145 @@
+"""The paper-scale data paths on stand-in TFDS datasets (real names, versions and feature specs; tiny JPEGs of
+several sizes, written by tests/standin.py): configs, splits, preprocessing and caching."""
+
+import glob
+import os
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+import standin  # tests/ is on sys.path (pytest's rootdir-relative import mode).
+import tensorflow as tf
+from absl import flags
+from ml_collections import config_flags
+
+import nml_jax.data as data_lib
+from nml_jax import config_lib, features, tasks
+from nml_jax.data import preprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def standin_dir(tmp_path_factory):
+    return standin.write_all(str(tmp_path_factory.mktemp("standin_tfds")))
+
+
+def test_standins_read_like_the_real_datasets(standin_dir):
+    """The stand-ins carry the catalog's version and features, and JPEGs of both sizes."""
+    builder = data_lib.builder("imagenet2012", standin_dir)
+    assert str(builder.version) == "5.1.0" and builder.info.features["label"].num_classes == 1000
+    assert (
+        builder.info.splits["train"].num_examples == standin.PAPER_SPLITS["imagenet2012"]["train"]
+    )
+    shapes = {
+        tuple(ex["image"].shape) for ex in builder.as_dataset(split="train").as_numpy_iterator()
+    }
+    assert shapes == {(60, 80, 3), (300, 200, 3)}
+    assert (
+        data_lib.builder("domainnet/sketch", standin_dir).info.features["label"].num_classes == 345
+    )
+
+
+def _leaves(config, prefix=""):
+    for key in config:
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", config.get_type(key)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    sorted(
+        os.path.relpath(p, ROOT) + variant
+        for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+        for variant in ("", ":smoke")
+    ),
+)
+def test_every_config_key_has_a_command_line_type(spec):
+    """No None-typed leaf: `--config.KEY=VALUE` works for every key of every config (config_flags has a
+    parser for these types only)."""
+    try:
+        config = config_lib.load_config(os.path.join(ROOT, spec))
+    except config_lib.ConfigError:
+        pytest.skip(f"{spec} has no such variant")
+    parseable = (float, bool, tuple, int, str, object)
+    untyped = [key for key, kind in _leaves(config) if kind not in parseable]
+    assert not untyped, f"{spec}: keys without a command-line type: {untyped}"
+
+
+@pytest.mark.parametrize(
+    "config, flag, key, expected",
+    [
+        ("pretrain.py", "--config.data_dir=/data/tfds", "data_dir", "/data/tfds"),
+        ("pretrain_cifar.py", "--config.data_dir=/data/tfds", "data_dir", "/data/tfds"),
+        ("pretrain_imagenet.py", "--config.total_steps=7", "total_steps", 7),
+        ("clip_yfcc15m.py", "--config.total_steps=7", "total_steps", 7),
+        ("clip_yfcc15m.py", "--config.zero_shot.data_dir=/d", "zero_shot.data_dir", "/d"),
+        ("pretrain.py", "--config.noise.pairs={0: 6, 6: 0}", "noise.pairs", {0: 6, 6: 0}),
+        ("noise.py", "--config.noise.matrix=((0.9, 0.1), (0.2, 0.8))", "noise.matrix", None),
+    ],
+)
+def test_command_line_overrides(monkeypatch, config, flag, key, expected):
+    argv = ["main", f"--config={os.path.join(ROOT, 'configs', config)}", flag]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv.
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+    values(argv)
+    got = values.config
+    for part in key.split("."):
+        got = got[part]
+    if expected is None:
+        expected = ((0.9, 0.1), (0.2, 0.8))
+    assert got == expected
+
+
+def test_central_crop_keeps_a_static_shape():
+    """resize_small gives a dynamic shape; the crop must restore a static one for batching and padded eval."""
+    op = preprocess.parse("decode|resize_small(40)|central_crop(32)|value_range(0, 1)|normalize")
+    spec = (
+        tf.data.Dataset.from_tensors({"image": tf.io.encode_jpeg(tf.zeros([60, 80, 3], tf.uint8))})
+        .map(op)
+        .element_spec
+    )
+    assert spec["image"].shape.as_list() == [32, 32, 3]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        preprocess.parse("central_crop(32)")({"image": tf.zeros([20, 40, 3])})
+
+
+def test_limit_split_cuts_unions_and_slices(standin_dir):
+    standin.write("oxford_flowers102", standin_dir, {"train": 5, "validation": 3, "test": 2})
+    name = "oxford_flowers102"
+    assert (
+        data_lib.limit_split(name, "train+validation", 7, standin_dir) == "train[:5]+validation[:2]"
+    )
+    assert data_lib.limit_split(name, "train+validation", 3, standin_dir) == "train[:3]"
+    assert data_lib.limit_split(name, "train+validation", 8, standin_dir) == "train+validation"
+    assert data_lib.limit_split(name, "train[2:]", 2, standin_dir) == "train[2:4]"
+    assert data_lib.limit_split(name, "train", None, standin_dir) == "train"
+    assert data_lib.num_examples(name, "train[:5]+validation[:2]", standin_dir) == 7
+
+
+def test_train_limit_cuts_the_paper_suites(standin_dir):
+    """`train_limit` applies to every suite's training splits, never to its test splits."""
+    config = ml_collections.ConfigDict(
+        {"suite": "domainnet_real", "train_limit": 4, "data_dir": standin_dir}
+    )
+    (task,) = features.suite(config)
+    assert task.train.split == "train[:4]"
+    assert {d.split for d in task.tests} == {"test"}
+    config.train_limit = 100
+    assert features.suite(config)[0].train.split == "train"
+    assert tasks.limit_train(tasks.embedded_suite(), None) == tasks.embedded_suite()
+
+
+def test_only_embedded_sets_are_cached(standin_dir):
+    """A paper set's split is read again per call (never kept alive); embedded sets are shared."""
+    first = data_lib.load("cifar10", "train", data_dir=standin_dir)
+    again = data_lib.load("cifar10", "train", data_dir=standin_dir)
+    assert first["image"] is not again["image"]
+    np.testing.assert_array_equal(first["image"], again["image"])
+    fashion = data_lib.load("nml_uci_digits", "test")
+    assert data_lib.load("nml_uci_digits", "test")["image"] is fashion["image"]
