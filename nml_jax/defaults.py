@@ -240,7 +240,9 @@ def downstream(methods=("lp",), suite: str = "embedded") -> ml_collections.Confi
     config.train_limit = config_dict.placeholder(int)
     config.data_dir = config_dict.placeholder(str)
     config.feature_cache_dir = config_dict.placeholder(str)
-    config.feature_chunk_size = 4096  # Images handed to the encoder at a time.
+    config.feature_chunk_size = 4096  # Embedded-set images handed to the encoder at a time.
+    # Images per global batch when a TFDS split is streamed through the encoder (rounded up to the devices).
+    config.feature_batch_size = 256
     # The augmented views NMTune and MLP train on (augment.py): `bank` caches `count` views per training example,
     # `online` draws two fresh ones per step through the encoder, `none` uses the plain features for both.
     mode = "bank" if set(methods) & {"mlp", "nmtune"} else "none"

@@ -143,3 +143,87 @@ def test_only_embedded_sets_are_cached(standin_dir):
     np.testing.assert_array_equal(first["image"], again["image"])
     fashion = data_lib.load("nml_uci_digits", "test")
     assert data_lib.load("nml_uci_digits", "test")["image"] is fashion["image"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streamed features.
+
+
+def _encoder(tmp_path, input_shape=(16, 16, 3), pp_eval="to_float"):
+    """A small frozen CNN encoder (random weights) with the given input shape and eval pp."""
+    import jax
+    import jax.numpy as jnp
+
+    from nml_jax import encoders
+    from nml_jax.models import cnn
+
+    model = cnn.SmallCNN(num_classes=4, widths=(4, 8), feature_dim=8)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *input_shape)))
+    card = {
+        "kind": "classifier",
+        "input_shape": list(input_shape),
+        "config": {"input": {"pp_eval": pp_eval}},
+    }
+    apply_fn = lambda v, x: model.apply(v, x, train=False)[1]
+    return encoders.ImageEncoder(card, apply_fn, variables, 8, 0, str(tmp_path))
+
+
+def _stream_inputs(encoder, name, split, data_dir):
+    """The encoder inputs of every example, preprocessed one by one, in row order."""
+    op = preprocess.parse(features.stream_pp(encoder))
+    ds = data_lib.builder(name, data_dir).as_dataset(
+        split=split, shuffle_files=False, read_config=data_lib.READ_CONFIG
+    )
+    return np.stack(
+        [op({"image": ex["image"], "label": ex["label"], "index": 0})["image"].numpy() for ex in ds]
+    )
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_constant_colour_stays_constant_through_the_stream(tmp_path, channels):
+    """No zero padding reaches the encoder: a constant-colour JPEG (60x80 and 300x200) arrives as one constant
+    input, and every example's features equal those of that constant image."""
+    colour = np.array([200, 40, 90])
+    data_dir = str(tmp_path / "tfds")
+    standin.write("domainnet/clipart", data_dir, {"test": 5}, colour=colour)
+    encoder = _encoder(tmp_path, (16, 16, channels))
+    inputs = _stream_inputs(encoder, "domainnet/clipart", "test", data_dir)
+    expected = colour / 255.0 if channels == 3 else [colour @ [0.299, 0.587, 0.114] / 255.0]
+    assert inputs.shape == (5, 16, 16, channels)
+    np.testing.assert_allclose(inputs, np.broadcast_to(expected, inputs.shape), atol=3 / 255)
+    assert np.ptp(inputs, axis=(1, 2)).max() <= 1 / 255 + 1e-6
+    feats, _ = features.stream_features(
+        encoder, "domainnet/clipart", "test", data_dir=data_dir, batch_size=8
+    )
+    reference = encoder.embed(inputs, batch_size=8)
+    np.testing.assert_allclose(feats[0], reference, rtol=1e-5, atol=1e-6)
+    assert np.ptp(feats[0], axis=0).max() < 1e-3  # Every row the same (up to JPEG rounding).
+
+
+def test_stream_features_match_per_example_encoding_in_row_order(standin_dir, tmp_path):
+    """Mixed-size JPEGs in padded, mesh-sharded batches give each row exactly its own example's features and
+    label; augmented views equal `augmented_view` on the same inputs."""
+    encoder = _encoder(tmp_path)
+    inputs = _stream_inputs(encoder, "imagenet2012", "train", standin_dir)
+    spec = {"scale": [0.8, 1.0], "flip": True, "seed": 3, "recipe": "supervised"}
+    feats, labels = features.stream_features(
+        encoder,
+        "imagenet2012",
+        "train",
+        views=(0, 2),
+        view_spec=spec,
+        data_dir=standin_dir,
+        batch_size=3,  # Rounded up to the 8 devices: one batch holds all 8 rows.
+    )
+    np.testing.assert_array_equal(
+        labels, data_lib.load_labels("imagenet2012", "train", data_dir=standin_dir)
+    )
+    reference = encoder.embed(inputs, batch_size=8)
+    np.testing.assert_allclose(feats[0], reference, rtol=1e-5, atol=1e-6)
+    view = features.augmented_view(encoder, inputs, 2, spec, chunk=4)
+    np.testing.assert_allclose(feats[2], view, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(feats[2], feats[0])
+    few, _ = features.stream_features(
+        encoder, "imagenet2012", "validation", data_dir=standin_dir, batch_size=16
+    )
+    assert few[0].shape == (4, 8)  # 4 rows in one 16-row batch: 12 padded rows masked out.
