@@ -31,6 +31,7 @@ import numpy as np
 from absl import logging
 
 from nml_jax import config_lib, data, defaults, encoders, files, parallel, tasks
+from nml_jax.data import classes as data_classes
 
 
 class FeatureFileError(config_lib.UserError, ValueError):
@@ -66,6 +67,8 @@ class TaskFeatures:
     test_sources: dict[str, str] = dataclasses.field(default_factory=dict)
     # Set in the online views mode: MLP/NMTune views are drawn per step.
     online: OnlineViews | None = None
+    # Test domain -> the label indices it covers, when only some (ImageNet-A/R); its logits are masked to them.
+    test_classes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def train_features(self) -> np.ndarray:
@@ -569,6 +572,13 @@ def task_features(
         feats, labels = domain_features(encoder, domain, **test_kwargs)
         tests[domain.name] = (feats[0], labels)
     sources = {d.name: f"{d.dataset}[{d.split}]" for d in task.tests}
+    test_classes = {}
+    for domain in task.tests:
+        if domain.dataset not in data.EMBEDDED:
+            names = data.class_names(domain.dataset, kwargs.get("data_dir"))
+            covered = data_classes.subset(domain.dataset, names)
+            if covered is not None:
+                test_classes[domain.name] = covered
     return TaskFeatures(
         task.name,
         task.kind,
@@ -581,6 +591,7 @@ def task_features(
         online_views(encoder, task.train, kwargs["view_spec"], kwargs.get("data_dir"))
         if online
         else None,
+        test_classes,
     )
 
 

@@ -5,7 +5,8 @@
 and the file layout, and only its example generator is replaced. `tfds.builder(name, data_dir=data_dir)` then
 reads the stand-in exactly as it would read the real dataset. Images whose spec leaves the size open get the
 sizes of `SIZES` in turn (JPEG-encoded by the Image feature, as in the real files); fixed-size specs (CIFAR's
-32x32) get their own size.
+32x32) get their own size. Label names that a real builder reads from its downloaded files (CIFAR-10's) are set
+from `LABEL_NAMES`; other such sets (CIFAR-100) keep TFDS's numeric names.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from nml_jax import tasks
 
 SIZES = (
     (60, 80),
@@ -33,6 +36,27 @@ PAPER_SPLITS = {
     },
     "cifar10": {"train": 8, "test": 4},
     "cifar100": {"train": 8, "test": 4},
+}
+# The paper's ID suite: 5 examples in every split its train/test specs name (`train[:80%]` -> train).
+for _name, _specs in tasks.PAPER_ID.items():
+    _splits = {p.split("[")[0] for spec in _specs for p in spec.split("+")}
+    PAPER_SPLITS.setdefault(_name, {split: 5 for split in sorted(_splits)})
+
+
+# Label names that the real builders read from the downloaded files (the stand-in has none to read).
+LABEL_NAMES = {
+    "cifar10": (
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ),
 }
 
 
@@ -54,7 +78,9 @@ def _value(feature, index: int, label: int, colour):
     if isinstance(feature, tfds.features.Image):
         return _image(feature.shape, SIZES[index % len(SIZES)], label, colour)
     if isinstance(feature, tfds.features.ClassLabel):
-        return label
+        return (
+            label % feature.num_classes
+        )  # `label` itself for the label; any other class feature fits too.
     if isinstance(feature, tfds.features.Text):
         return f"standin_{index:05d}.JPEG"
     if isinstance(feature, tfds.features.BBoxFeature):
@@ -84,6 +110,8 @@ def write(
     builder = tfds.builder(name, data_dir=data_dir)
     features = builder.info.features
     label_feature = features["label"]
+    if name in LABEL_NAMES:
+        label_feature.names = list(LABEL_NAMES[name])
     labels = (
         list(classes) if classes is not None else list(range(min(label_feature.num_classes, 4)))
     )

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from nml_jax import config_lib  # noqa: E402
+from nml_jax.data import aircraft  # noqa: E402, F401  (registers the `fgvc_aircraft` builder)
 from nml_jax.data.builders import EMBEDDED, EmbeddedSet, embedded_names  # noqa: E402
 
 __all__ = [
