@@ -47,6 +47,8 @@ setuptools.setup(
     version="0.1.0",
     description=__doc__,
     packages=setuptools.find_packages(include=["nml_jax", "nml_jax.*"]),
+    # Class names, prompt templates and class subsets (nml_jax/data/classes.py).
+    package_data={"nml_jax.data": ["files/*.txt"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -30,8 +30,11 @@ def get_config(arg=None):
     config.input.stream = True
     config.input.batch_size = 1024
     config.input.eval_batch_size = 1024
-    config.input.pp_train = "decode_jpeg_and_inception_crop(224)|flip_lr|normalize_imagenet"
-    config.input.pp_eval = "decode|resize_small(256)|central_crop(224)|normalize_imagenet"
+    # `normalize` defaults to the ImageNet mean and std of [0, 1] pixels.
+    config.input.pp_train = (
+        "decode_jpeg_and_inception_crop(224)|flip_lr|value_range(0, 1)|normalize"
+    )
+    config.input.pp_eval = "decode|resize_small(256)|central_crop(224)|value_range(0, 1)|normalize"
     config.total_epochs = 90.0
     config.warmup_epochs = 5.0
     config.optimizer.update(

@@ -102,16 +102,17 @@ def make_train_step(model, tx, schedule):
 
 
 def class_prompts(dataset: str, data_dir: str | None = None) -> list[list[str]]:
-    """Zero-shot prompts per class: the caption vocabulary's names, else the dataset's class names."""
+    """Zero-shot prompts per class: the caption vocabulary's names for the embedded sets; for the ImageNet label
+    space, ImageNet's human-readable names in CLIP's 80 templates; else the dataset's class names."""
     from nml_jax import data
-    from nml_jax.data import captions
+    from nml_jax.data import captions, classes
 
     if dataset in captions.DESCRIPTIONS:
         return captions.zero_shot_prompts(captions.descriptions(dataset))
-    return [
-        [t.format(name=name.replace("_", " ")) for t in captions.ZERO_SHOT_TEMPLATES]
-        for name in data.class_names(dataset, data_dir)
-    ]
+    names = classes.zero_shot_names(dataset, data.class_names(dataset, data_dir))
+    if classes.base_name(dataset) in classes.IMAGENET_LABEL_SPACE:
+        return [[t.format(name) for t in classes.clip_imagenet_templates()] for name in names]
+    return [[t.format(name=name) for t in captions.ZERO_SHOT_TEMPLATES] for name in names]
 
 
 def class_embeddings(model, variables, tokens: np.ndarray, num_classes: int) -> jax.Array:
@@ -156,15 +157,24 @@ def _zero_shot_batches(config, global_batch: int):
     )
 
 
+_PROMPTS_PER_CHUNK = 2048
+
+
 def zero_shot_accuracy(model, state, tok, config, mesh) -> dict[str, float]:
     """Exact zero-shot accuracy on `config.zero_shot` with the prompt ensembles of `class_prompts`."""
     prompts = class_prompts(config.zero_shot.dataset, config.zero_shot.get("data_dir"))
-    flat = [p for per_class in prompts for p in per_class]
-    tokens = tok.encode(flat, config.model.text.context_length)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    classes = jax.jit(class_embeddings, static_argnums=(0, 3))(
-        model, variables, tokens, len(prompts)
-    )
+    embed = jax.jit(class_embeddings, static_argnums=(0, 3))
+    # The text tower sees at most ~2,048 prompts at a time (ImageNet: 1,000 classes x 80 templates = 80,000).
+    per_chunk = max(1, _PROMPTS_PER_CHUNK // len(prompts[0]))
+    parts = []
+    for start in range(0, len(prompts), per_chunk):
+        chunk = prompts[start : start + per_chunk]
+        tokens = tok.encode(
+            [p for per_class in chunk for p in per_class], config.model.text.context_length
+        )
+        parts.append(embed(model, variables, tokens, len(chunk)))
+    classes = jnp.concatenate(parts)
     step = jax.jit(make_zero_shot_step(model))
     totals = {"correct": 0.0, "count": 0.0}
     for batch in _zero_shot_batches(config, config.input.eval_batch_size):

@@ -161,6 +161,7 @@ NOT_FINGERPRINTED = (
     "overwrite",
     "feature_cache_dir",
     "feature_chunk_size",
+    "feature_batch_size",
 )
 
 

@@ -61,8 +61,16 @@ def noise_block(
     kind: one of NOISE_KINDS; ratio in [0, 1); seed picks the corrupted examples; pairs (class -> class map) for
     asymmetric; matrix (C x C row-stochastic) for matrix.
     """
+    # Python literals on the command line: --config.noise.pairs='{0: 6, 6: 0}'.
     return ml_collections.ConfigDict(
-        {"kind": kind, "ratio": ratio, "seed": seed, "pairs": None, "matrix": None}, type_safe=False
+        {
+            "kind": kind,
+            "ratio": ratio,
+            "seed": seed,
+            "pairs": optional(object),
+            "matrix": optional(object),
+        },
+        type_safe=False,
     )
 
 
@@ -232,7 +240,9 @@ def downstream(methods=("lp",), suite: str = "embedded") -> ml_collections.Confi
     config.train_limit = config_dict.placeholder(int)
     config.data_dir = config_dict.placeholder(str)
     config.feature_cache_dir = config_dict.placeholder(str)
-    config.feature_chunk_size = 4096  # Images handed to the encoder at a time.
+    config.feature_chunk_size = 4096  # Embedded-set images handed to the encoder at a time.
+    # Images per global batch when a TFDS split is streamed through the encoder (rounded up to the devices).
+    config.feature_batch_size = 256
     # The augmented views NMTune and MLP train on (augment.py): `bank` caches `count` views per training example,
     # `online` draws two fresh ones per step through the encoder, `none` uses the plain features for both.
     mode = "bank" if set(methods) & {"mlp", "nmtune"} else "none"

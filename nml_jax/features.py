@@ -26,11 +26,13 @@ import zipfile
 import zlib
 from typing import Any
 
+import jax
 import numpy as np
 from absl import logging
 
 from nml_jax import config_lib, data, defaults, encoders, files, parallel, tasks
 from nml_jax.convert import importer
+from nml_jax.data import classes as data_classes
 
 
 class FeatureFileError(config_lib.UserError, ValueError):
@@ -66,6 +68,8 @@ class TaskFeatures:
     test_sources: dict[str, str] = dataclasses.field(default_factory=dict)
     # Set in the online views mode: MLP/NMTune views are drawn per step.
     online: OnlineViews | None = None
+    # Test domain -> the label indices it covers, when only some (ImageNet-A/R); its logits are masked to them.
+    test_classes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def train_features(self) -> np.ndarray:
@@ -349,19 +353,24 @@ def match_input(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def cache_key(
-    encoder_fingerprint: str, domain: tasks.Domain, view: int, view_spec: dict[str, Any]
+    encoder_fingerprint: str,
+    domain: tasks.Domain,
+    view: int,
+    view_spec: dict[str, Any],
+    pp: str | None = None,
 ) -> str:
-    blob = json.dumps(
-        {
-            "encoder": encoder_fingerprint,
-            "dataset": domain.dataset,
-            "split": domain.split,
-            "view": view,
-            "views": view_spec if view else None,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """The cache entry of one view of one domain's features; `pp` is the stream preprocessing (None for the
+    in-memory path of the embedded sets, whose keys predate streaming)."""
+    blob = {
+        "encoder": encoder_fingerprint,
+        "dataset": domain.dataset,
+        "split": domain.split,
+        "view": view,
+        "views": view_spec if view else None,
+    }
+    if pp is not None:
+        blob["pp"] = pp
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def encode(encoder, images: np.ndarray, chunk: int) -> np.ndarray:
@@ -376,6 +385,99 @@ def encode(encoder, images: np.ndarray, chunk: int) -> np.ndarray:
     )
 
 
+def stream_pp(encoder) -> str:
+    """The per-example preprocessing of a streamed TFDS split for `encoder` (undecoded images in, the encoder's
+    inputs out, at a fixed shape).
+
+    An eval pp that starts by decoding (the paper-scale configs: decode, resize the short side, central crop,
+    normalise) is the encoder's own and is used as it is. Otherwise (an encoder trained on in-memory images of
+    its input size) the image is decoded, its short side resized to the input size (area), centrally cropped
+    to the input shape, its channels matched (ITU-R 601 luma or repeated grey), and the eval pp applied. No
+    image is ever padded: every example is resized and cropped on its own.
+    """
+    pp = encoder.config.input.pp_eval
+    height, width, channels = encoder.input_shape
+    if not pp.strip().startswith("decode"):
+        colour = "rgb_to_grey" if channels == 1 else "grey_to_rgb"
+        size = f"resize_small({min(height, width)})|central_crop(({height}, {width}))"
+        pp = f"decode|{size}|{colour}|{pp}"
+    return f"{pp}|keep('image', 'label', 'index')"
+
+
+def _stream_batch(batch_size: int, mesh) -> int:
+    """`batch_size` rounded up to a multiple of the mesh's devices (a global batch splits over all of them)."""
+    devices = mesh.devices.size
+    return -(-batch_size // devices) * devices
+
+
+def stream_features(
+    encoder,
+    dataset: str,
+    split: str,
+    *,
+    views: tuple[int, ...] = (0,),
+    view_spec: dict[str, Any] | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 256,
+    mesh=None,
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Features of a TFDS split streamed through `encoder`: view v -> float32 [N, D], and labels [N], in the
+    split's row order (the rows of `data.load_labels`).
+
+    One pass: each process reads its own part of the split (`pipeline.stream_eval`), preprocesses every example
+    on its own (`stream_pp`), and forms fixed-size batches, the last padded and masked; each global batch is
+    sharded over the mesh's `data` axis and encoded (augmented first for views v >= 1, with the keys of
+    (view_spec['seed'], v, row), as `augmented_view` draws them). Memory holds a few batches and the features,
+    never the split's images.
+    """
+    from nml_jax import augment
+    from nml_jax.data import pipeline
+
+    mesh = mesh or parallel.make_mesh()
+    global_batch = _stream_batch(batch_size, mesh)
+    n = data.num_examples(dataset, split, data_dir)
+    out = {v: np.zeros((n, encoder.feature_dim), np.float32) for v in views}
+    labels = np.zeros(n, np.int64)
+    variables = jax.device_put(encoder.variables, parallel.replicated(mesh))
+    apply = jax.jit(encoder.apply_fn)
+    augmenter = (
+        augment.jitted(tuple(view_spec["scale"]), bool(view_spec["flip"])) if any(views) else None
+    )
+    start, done = time.time(), 0
+    batches = pipeline.stream_eval(
+        dataset, split, data_dir=data_dir, global_batch=global_batch, pp=stream_pp(encoder)
+    )
+    for batch in batches:
+        images = np.asarray(batch["image"], np.float32)
+        rows = np.asarray(batch["index"], np.int64)
+        local = {"index": rows, "label": batch["label"], "mask": batch["mask"]}
+        for v in views:
+            inputs = images
+            if v:
+                keys = augment.example_keys(view_spec["seed"], v, np.maximum(rows, 0))
+                inputs = np.asarray(augmenter(keys, images))
+            local[v] = apply(variables, parallel.to_global(inputs, mesh))
+        meta = parallel.to_global({k: local[k] for k in ("index", "label", "mask")}, mesh)
+        host = parallel.to_host({**meta, **{str(v): local[v] for v in views}})
+        real = np.asarray(host["mask"]) > 0
+        index = np.asarray(host["index"])[real]
+        labels[index] = np.asarray(host["label"])[real]
+        for v in views:
+            out[v][index] = np.asarray(host[str(v)], np.float32)[real]
+        done += int(real.sum())
+    if done != n:
+        raise RuntimeError(f"{dataset}[{split}]: streamed {done} examples; the split has {n}.")
+    logging.info(
+        "streamed features %s[%s] views %s: %d examples in %.1fs",
+        dataset,
+        split,
+        list(views),
+        n,
+        time.time() - start,
+    )
+    return out, labels
+
+
 def domain_features(
     encoder,
     domain: tasks.Domain,
@@ -383,44 +485,70 @@ def domain_features(
     cache_dir: str,
     data_dir: str | None = None,
     chunk_size: int = 4096,
+    batch_size: int = 256,
     views: int = 0,
     view_spec: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of `domain` as [1 + views, N, D] (view 0 un-augmented; views 1.. augmented as `view_spec` says,
     see `augmented_view`) and labels [N], read from the cache when present. Each view is a cache entry of its
-    own, so asking for more views later reuses the first ones."""
-    split = inputs = None
-    stacked = []
-    for view in range(1 + views):
-        key = cache_key(encoder.fingerprint, domain, view, view_spec)
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{domain.dataset}_{domain.split}")
-        path = os.path.join(cache_dir, f"{safe}_v{view}_{key}.npz")
-        if os.path.exists(path):
-            with np.load(path, allow_pickle=False) as f:
-                stacked.append(f["features"])
-                labels = f["labels"]
-            continue
-        if split is None:
-            split = data.load(domain.dataset, domain.split, data_dir=data_dir)
-            images = match_input(split["image"], encoder.input_shape)
-            labels = split["label"].astype(np.int64)
-        start = time.time()
-        if view:
-            inputs = encoder.inputs(images) if inputs is None else inputs
-            feats = augmented_view(encoder, inputs, view, view_spec, chunk_size)
-        else:
-            feats = encode(encoder, images, chunk_size)
-        logging.info(
-            "features %s[%s] view %d: %s in %.1fs",
+    own, so asking for more views later reuses the first ones.
+
+    Embedded sets are loaded whole (they are small and of one size); every other TFDS dataset is streamed
+    (`stream_features`, `batch_size` images per global batch), all its missing views in one pass.
+    """
+    streamed = domain.dataset not in data.EMBEDDED
+    pp = stream_pp(encoder) if streamed else None
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{domain.dataset}_{domain.split}")
+    paths = [
+        os.path.join(
+            cache_dir,
+            f"{safe}_v{view}_{cache_key(encoder.fingerprint, domain, view, view_spec, pp)}.npz",
+        )
+        for view in range(1 + views)
+    ]
+    made: dict[int, np.ndarray] = {}
+    labels = None
+    missing = [view for view, path in enumerate(paths) if not os.path.exists(path)]
+    if missing and streamed:
+        made, labels = stream_features(
+            encoder,
             domain.dataset,
             domain.split,
-            view,
-            feats.shape,
-            time.time() - start,
+            views=tuple(missing),
+            view_spec=view_spec,
+            data_dir=data_dir,
+            batch_size=batch_size,
         )
-        if parallel.is_main_process():
-            files.write_npz(path, {"features": feats, "labels": labels})
-        stacked.append(feats)
+    elif missing:
+        split = data.load(domain.dataset, domain.split, data_dir=data_dir)
+        images = match_input(split["image"], encoder.input_shape)
+        labels = split["label"].astype(np.int64)
+        inputs = None
+        for view in missing:
+            start = time.time()
+            if view:
+                inputs = encoder.inputs(images) if inputs is None else inputs
+                made[view] = augmented_view(encoder, inputs, view, view_spec, chunk_size)
+            else:
+                made[view] = encode(encoder, images, chunk_size)
+            logging.info(
+                "features %s[%s] view %d: %s in %.1fs",
+                domain.dataset,
+                domain.split,
+                view,
+                made[view].shape,
+                time.time() - start,
+            )
+    stacked = []
+    for view, path in enumerate(paths):
+        if view in made:
+            if parallel.is_main_process():
+                files.write_npz(path, {"features": made[view], "labels": labels})
+            stacked.append(made[view])
+            continue
+        with np.load(path, allow_pickle=False) as f:
+            stacked.append(f["features"])
+            labels = f["labels"] if labels is None else labels
     return np.stack(stacked), labels
 
 
@@ -445,6 +573,13 @@ def task_features(
         feats, labels = domain_features(encoder, domain, **test_kwargs)
         tests[domain.name] = (feats[0], labels)
     sources = {d.name: f"{d.dataset}[{d.split}]" for d in task.tests}
+    test_classes = {}
+    for domain in task.tests:
+        if domain.dataset not in data.EMBEDDED:
+            names = data.class_names(domain.dataset, kwargs.get("data_dir"))
+            covered = data_classes.subset(domain.dataset, names)
+            if covered is not None:
+                test_classes[domain.name] = covered
     return TaskFeatures(
         task.name,
         task.kind,
@@ -457,6 +592,7 @@ def task_features(
         online_views(encoder, task.train, kwargs["view_spec"], kwargs.get("data_dir"))
         if online
         else None,
+        test_classes,
     )
 
 
@@ -484,6 +620,12 @@ def validate(config) -> None:
     if config.get("train_limit") is not None:
         config_lib.check_positive_int("train_limit", config.train_limit)
     config_lib.check_positive_int("feature_chunk_size", config.feature_chunk_size)
+    config_lib.check_positive_int("feature_batch_size", config.feature_batch_size)
+    if config.views.mode == "online" and config.suite != "embedded" and not npz_paths(config):
+        raise config_lib.ConfigError(
+            f"config.views.mode='online' keeps a training split's inputs in memory, which only the embedded "
+            f"suite allows; use views.mode='bank' for config.suite={config.suite!r}."
+        )
     config_lib.check_choice("views.mode", config.views.mode, defaults.VIEW_MODES)
     config_lib.check_choice("views.recipe", config.views.recipe, ("auto", "supervised", "clip"))
     if config.views.mode == "bank":
@@ -513,10 +655,11 @@ def npz_paths(config) -> list[str]:
 
 
 def suite(config) -> list[tasks.Task]:
-    """The downstream tasks the config names (`config.suite`, with `config.train_limit` for the embedded one)."""
-    if config.suite == "embedded":
-        return tasks.embedded_suite(config.get("train_limit"), config.get("test_limit"))
-    return tasks.SUITES[config.suite]()
+    """The downstream tasks the config names (`config.suite`), every training split cut to `config.train_limit`
+    and every test split to `config.test_limit`."""
+    data_dir = config.get("data_dir")
+    chosen = tasks.limit_train(tasks.SUITES[config.suite](), config.get("train_limit"), data_dir)
+    return tasks.limit_test(chosen, config.get("test_limit"), data_dir)
 
 
 def encoder_source(config, workdir: str) -> str:
@@ -559,6 +702,7 @@ def load_task_features(config, workdir: str) -> tuple[list[TaskFeatures], dict[s
             cache_dir=cache_dir,
             data_dir=config.get("data_dir"),
             chunk_size=config.feature_chunk_size,
+            batch_size=config.feature_batch_size,
             views=config.views.count if mode == "bank" else 0,
             view_spec=view_spec(config.views, encoder.card["kind"]),
         )

@@ -96,7 +96,10 @@ def transfer_rows(
                     online=t.online,
                 )
                 fitted.append((t, method, head))
-            scores = {d: tuning.accuracy(head, f, y) for d, (f, y) in t.tests.items()}
+            scores = {
+                d: tuning.accuracy(head, f, y, t.test_classes.get(d))
+                for d, (f, y) in t.tests.items()
+            }
             rows += [
                 results.Row(
                     t.name,

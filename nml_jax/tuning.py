@@ -446,10 +446,15 @@ def predict(head: TrainedHead, features: Any, *, batch_size: int | None = None) 
     return logits.reshape(-1, logits.shape[-1])[:num_examples]
 
 
-def accuracy(head: TrainedHead, features: Any, labels: Any) -> float:
-    """Fraction of `labels` [N] matched by the argmax of `predict(head, features)`."""
+def accuracy(head: TrainedHead, features: Any, labels: Any, classes: Any = None) -> float:
+    """Fraction of `labels` [N] matched by the argmax of `predict(head, features)`, taken over the logits of
+    `classes` only when given (label indices; ImageNet-A/R: their 200 classes)."""
     labels = np.asarray(labels)
-    predictions = predict(head, features).argmax(axis=-1)
+    logits = predict(head, features)
+    if classes is not None:
+        classes = np.asarray(classes, np.int64)
+        logits = np.where(np.isin(np.arange(logits.shape[-1]), classes), logits, -np.inf)
+    predictions = logits.argmax(axis=-1)
     if labels.shape != predictions.shape:
         raise ValueError(f"labels must have shape {predictions.shape}, got {labels.shape}.")
     return float(np.mean(predictions == labels))

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from nml_jax import config_lib  # noqa: E402
+from nml_jax.data import aircraft  # noqa: E402, F401  (registers the `fgvc_aircraft` builder)
 from nml_jax.data.builders import EMBEDDED, EmbeddedSet, embedded_names  # noqa: E402
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "class_names",
     "default_data_dir",
     "embedded_names",
+    "limit_split",
     "load",
     "load_labels",
     "num_classes",
@@ -129,15 +131,19 @@ def builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
 def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.ndarray]:
     """The whole `split` (TFDS slicing allowed, e.g. `train[:500]`) in memory.
 
+    Only the embedded sets (at most ~60 MB each) are cached in-process; a TFDS dataset is read again on every
+    call, so no caller keeps a large split alive by accident (`features` streams those instead of loading).
+
     Returns:
-      {'image': uint8 [N, H, W, C], 'label': int32 [N]}; the arrays are read-only because they are cached
-      in-process and shared by every caller (copy before changing them).
+      {'image': uint8 [N, H, W, C], 'label': int32 [N]}; the arrays are read-only because cached ones are
+      shared by every caller (copy before changing them).
     """
-    return _load(name, split, _resolve(data_dir))
+    if name in EMBEDDED:
+        return _load_embedded(name, split, _resolve(data_dir))
+    return _read(name, split, _resolve(data_dir))
 
 
-@functools.lru_cache(maxsize=64)
-def _load(name: str, split: str, data_dir: str) -> dict[str, np.ndarray]:
+def _read(name: str, split: str, data_dir: str) -> dict[str, np.ndarray]:
     ds = _builder(name, data_dir).as_dataset(
         split=split, batch_size=-1, shuffle_files=False, read_config=READ_CONFIG
     )
@@ -156,6 +162,9 @@ def _load(name: str, split: str, data_dir: str) -> dict[str, np.ndarray]:
     for value in result.values():
         value.flags.writeable = False
     return result
+
+
+_load_embedded = functools.lru_cache(maxsize=64)(_read)
 
 
 def num_classes(name: str, data_dir: str | None = None) -> int:
@@ -189,3 +198,29 @@ def load_labels(name: str, split: str, *, data_dir: str | None = None) -> np.nda
 def num_examples(name: str, split: str, data_dir: str | None = None) -> int:
     """Number of examples of `split` (TFDS slicing allowed)."""
     return builder(name, data_dir).info.splits[split].num_examples
+
+
+def limit_split(name: str, split: str, limit: int | None, data_dir: str | None = None) -> str:
+    """The first `limit` examples of `split` as a TFDS split string (`split` itself when it has no more).
+
+    Works for any split TFDS accepts, unions and slices included: `train+validation` with limit 1200 and 1020
+    train examples is `train[:1020]+validation[:180]`.
+    """
+    if not limit:
+        return split
+    infos = builder(name, data_dir).info.splits
+    # (split name, first row, end row) of each piece; TFDS leaves the ends of an unsliced piece as None.
+    pieces = [
+        (p.splitname, p.from_ or 0, infos[p.splitname].num_examples if p.to is None else p.to)
+        for p in tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
+    ]
+    if sum(end - start for _, start, end in pieces) <= limit:
+        return split
+    parts, left = [], limit
+    for piece, start, end in pieces:
+        take = min(end - start, left)
+        if take:
+            # `train[:N]` when the piece starts at 0: the spelling of earlier feature caches.
+            parts.append(f"{piece}[{start or ''}:{start + take}]")
+        left -= take
+    return "+".join(parts)

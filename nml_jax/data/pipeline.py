@@ -78,6 +78,8 @@ def _apply_pp(ds: tf.data.Dataset, pp: str) -> tf.data.Dataset:
     """Maps the parsed `pp` over per-example dicts (in parallel, order kept) and drops the seed."""
     op = preprocess.parse(pp)
 
+    # The ops branch on static shapes and dtypes only: AutoGraph would only add seconds of conversion per pipeline.
+    @tf.autograph.experimental.do_not_convert
     def apply(example):
         example = op(example)
         example.pop(preprocess.SEED_KEY, None)

@@ -206,14 +206,16 @@ def get_resize_small(size: int, method: str = "area", key: str = "image") -> Op:
 
 @register("central_crop")
 def get_central_crop(size: int | Sequence[int], key: str = "image") -> Op:
-    """Crops the central `size` window."""
+    """Crops the central `size` window; the result has the static shape [h, w, C] (batching and the padded eval
+    streams need it), and an image smaller than `size` fails instead of giving a smaller crop."""
     crop_h, crop_w = _hw(size)
 
     def op(example):
         image = example[key]
         top = (tf.shape(image)[0] - crop_h) // 2
         left = (tf.shape(image)[1] - crop_w) // 2
-        example[key] = image[top : top + crop_h, left : left + crop_w]
+        crop = image[top : top + crop_h, left : left + crop_w]
+        example[key] = tf.ensure_shape(crop, [crop_h, crop_w, image.shape[-1]])
         return example
 
     return op
