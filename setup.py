@@ -29,6 +29,10 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
+    # NVIDIA GPUs (launch/slurm_gpu.sbatch): the CUDA 12 plugin of the pinned jax, with CUDA, cuDNN and NCCL from
+    # pip wheels (`pip install -e '.[cuda]'`; needs an NVIDIA driver >= 525). Resolved by pip together with the
+    # pins above; never run on a GPU here.
+    "cuda": ["jax[cuda12]==0.10.2"],
     # benchmarks/torch_compare.py and the converter parity tests (tests/test_convert_parity.py): the CPU wheel
     # (any other spelling pulls a CUDA build of several GB).
     "bench": ["torch==2.13.0"],

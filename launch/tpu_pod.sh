@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# TPU pod: create a TPU VM, copy the code, set up, and run the same command on every worker.
-#   launch/tpu_pod.sh CONFIG WORKDIR [TPU_NAME=nml-jax] [ZONE=us-central2-b] [TYPE=v4-32]
-#   launch/tpu_pod.sh configs/pretrain_imagenet.py:noise=0.1 /mnt/shared/in1k_n10
+# TPU pod: create a TPU VM (if needed), copy the code, install, and start the same command on every worker,
+# detached (nohup + setsid), so the run survives the ssh session; it restarts after a failure and resumes
+# from the workdir's last checkpoint. Running this script again resumes a stopped run (e.g. after a
+# preemption or a VM restart) and does nothing on a worker whose run is still going.
+#   launch/tpu_pod.sh CONFIG WORKDIR [--config.KEY=VALUE ...]
+#   launch/tpu_pod.sh configs/pretrain_imagenet.py:noise=0.1 /mnt/shared/in1k_n10 \
+#     --config.data_dir=gs://my-bucket/tensorflow_datasets
+#   TPU_NAME=nml-jax ZONE=us-central2-b TYPE=v4-32 MAX_RESTARTS=20 RESTART_DELAY_S=30 (defaults);
+#   NML_JAX_DATA_DIR, when set here, is passed on.
+# Follow worker 0:  gcloud compute tpus tpu-vm ssh nml-jax --zone us-central2-b --worker=0 \
+#   --command 'tail -f ~/nml_jax/run.log'
 # WORKDIR must be a POSIX path all workers share (NFS, or a bucket mounted with gcsfuse on every worker);
-# stages write their files with plain file I/O. jax.distributed.initialize() detects the
-# pod by itself on TPU VMs.
+# data_dir may be a gs:// URL. jax.distributed.initialize() detects the pod by itself on TPU VMs.
 set -euo pipefail
 CONFIG=${1:?config}
 WORKDIR=${2:?workdir on a filesystem all workers share}
-TPU=${3:-nml-jax}
-ZONE=${4:-us-central2-b}
-TYPE=${5:-v4-32}
+shift 2
+TPU=${TPU_NAME:-nml-jax}
+ZONE=${ZONE:-us-central2-b}
+TYPE=${TYPE:-v4-32}
+MAX_RESTARTS=${MAX_RESTARTS:-20}
+RESTART_DELAY_S=${RESTART_DELAY_S:-30}
 cd "$(dirname "$0")/.."
 if ! gcloud compute tpus tpu-vm describe "$TPU" --zone "$ZONE" > /dev/null 2>&1; then
   gcloud compute tpus tpu-vm create "$TPU" --zone "$ZONE" --accelerator-type "$TYPE" \
@@ -18,9 +28,23 @@ if ! gcloud compute tpus tpu-vm describe "$TPU" --zone "$ZONE" > /dev/null 2>&1;
 fi
 tar czf /tmp/nml_jax_code.tgz --exclude=.venv --exclude=workdirs --exclude=.git .
 gcloud compute tpus tpu-vm scp /tmp/nml_jax_code.tgz "$TPU":~/ --zone "$ZONE" --worker=all
+# The run command, quoted word by word so overrides with spaces or brackets arrive intact.
+RUN=$(printf '%q ' env NML_JAX_DISTRIBUTED=1 ${NML_JAX_DATA_DIR:+NML_JAX_DATA_DIR="$NML_JAX_DATA_DIR"} \
+  .venv/bin/python -m nml_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@")
 gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "
   set -e
   mkdir -p ~/nml_jax && tar xzf ~/nml_jax_code.tgz -C ~/nml_jax && cd ~/nml_jax
   [ -d .venv ] || (python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]==0.10.2')
-  NML_JAX_DISTRIBUTED=1 .venv/bin/python -m nml_jax.main --config='$CONFIG' --workdir='$WORKDIR'
+  if [ -f run.pid ] && kill -0 \$(cat run.pid) 2> /dev/null; then echo 'already running'; exit 0; fi
+  cat > run.sh << 'RUN_EOF'
+for attempt in \$(seq 0 $MAX_RESTARTS); do
+  echo \"nml_jax: start \$attempt at \$(date)\"
+  $RUN && exit 0
+  sleep $RESTART_DELAY_S  # Then every worker starts again and the run resumes from its last checkpoint.
+done
+exit 1
+RUN_EOF
+  nohup setsid bash run.sh >> run.log 2>&1 < /dev/null &
+  echo \$! > run.pid
+  echo \"started (pid \$(cat run.pid)); log: ~/nml_jax/run.log\"
 "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,21 @@ from nml_jax import config_lib
 
 class FileFormatError(config_lib.UserError, ValueError):
     """A file the project reads back (model card, summary, done-marker) cannot be parsed."""
+
+
+# A URL of a file system TensorFlow / TFDS (tf.io.gfile, etils.epath) or fsspec reads: gs://, s3://, hdfs://, ...
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str) -> bool:
+    """True for `scheme://...` paths (gs://bucket/dir), which os.path must not touch."""
+    return bool(_URL.match(path))
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (`~` expanded); a URL unchanged (os.path.abspath would turn `gs://b/x` into
+    `<cwd>/gs:/b/x`)."""
+    return path if is_url(path) else os.path.abspath(os.path.expanduser(path))
 
 
 def _replace(path: str, data: bytes) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from absl import logging
 
-from nml_jax import config_lib, parallel
+from nml_jax import config_lib, files, parallel
 
 LOCK_FILE = ".lock"
 OVERWRITTEN_DIR = "overwritten"
@@ -60,13 +60,25 @@ def _take(path: str) -> bool:
     return True
 
 
+def check_local(workdir: str) -> None:
+    """Raises WorkdirError for a URL workdir (gs://...): stages write it with POSIX file I/O (atomic renames,
+    an exclusive lock file, appends), which object stores do not offer. Data (data_dir, TFRecord shards) may be
+    URLs."""
+    if files.is_url(workdir):
+        raise WorkdirError(
+            f"--workdir={workdir} is a URL; a workdir must be a POSIX path every host sees (NFS, or the bucket "
+            "mounted with gcsfuse on every host, e.g. /mnt/bucket/run). data_dir and TFRecord shards may be URLs."
+        )
+
+
 @contextlib.contextmanager
 def lock(workdir: str) -> Iterator[None]:
     """Holds `<workdir>/.lock` for the duration (process 0 only; the other processes follow it).
 
     Raises:
-      WorkdirError: another live run holds the lock.
+      WorkdirError: the workdir is a URL (check_local), or another live run holds the lock.
     """
+    check_local(workdir)
     if not parallel.is_main_process():
         yield
         return

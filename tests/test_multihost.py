@@ -1,5 +1,7 @@
-"""Two local processes x 2 CPU devices train exactly like one process x 4 devices."""
+"""Two local `jax.distributed` processes x 2 CPU devices (coordinator on 127.0.0.1, gloo collectives) give the
+results of one process x 4 devices: supervised and CLIP pre-training, features, transfer, and the launch script."""
 
+import json
 import os
 import signal
 import socket
@@ -42,6 +44,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_env(num_processes: int, devices: int, index: int = 0, port: int = 0) -> dict[str, str]:
+    """The environment of process `index` of a local run; one process runs without jax.distributed."""
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAX_PLATFORMS": "cpu"}
+    env.pop("NML_JAX_DISTRIBUTED", None)
+    if num_processes > 1:
+        env.update(
+            NML_JAX_DISTRIBUTED="1",
+            NML_JAX_COORDINATOR=f"127.0.0.1:{port}",
+            NML_JAX_NUM_PROCESSES=str(num_processes),
+            NML_JAX_PROCESS_ID=str(index),
+        )
+    return env
+
+
+def start_processes(command: list[str], num_processes: int, devices: int) -> list[subprocess.Popen]:
+    """Starts `command` as every process of a local run (`num_processes` x `devices` CPU devices)."""
+    port = free_port()
+    return [
+        subprocess.Popen(
+            command,
+            env=process_env(num_processes, devices, index, port),
+            cwd=t.REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for index in range(num_processes)
+    ]
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: int = 900) -> None:
+    """Waits for every process; asserts each exits 0 (showing the end of its output otherwise)."""
+    try:
+        for proc in procs:
+            output = proc.communicate(timeout=timeout)[0].decode()
+            assert proc.returncode == 0, output[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     single = pretrain.train(
@@ -54,30 +97,7 @@ def test_two_processes_match_one_process(tmp_path):
     out = str(tmp_path / "params.npz")
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(repo=t.REPO, workdir=str(tmp_path / "two"), out=out))
-    port = free_port()
-    procs = []
-    for index in range(2):
-        env = {
-            **os.environ,
-            "JAX_NUM_CPU_DEVICES": "2",
-            "JAX_PLATFORMS": "cpu",
-            "NML_JAX_DISTRIBUTED": "1",
-            "NML_JAX_COORDINATOR": f"127.0.0.1:{port}",
-            "NML_JAX_NUM_PROCESSES": "2",
-            "NML_JAX_PROCESS_ID": str(index),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script)],
-                env=env,
-                cwd=t.REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    for proc in procs:
-        output = proc.communicate(timeout=300)[0].decode()
-        assert proc.returncode == 0, output[-3000:]
+    wait_all(start_processes([sys.executable, str(script)], 2, 2))
     saved = np.load(out)
     flat = {
         "/".join(str(k.key) for k in path): np.asarray(v)
@@ -119,26 +139,16 @@ def test_a_killed_process_makes_the_other_exit_with_one_line(tmp_path):
     script = tmp_path / "loop.py"
     script.write_text(LOOP.format(repo=t.REPO))
     port = free_port()
-    procs = []
-    for index in range(2):
-        env = {
-            **os.environ,
-            "JAX_NUM_CPU_DEVICES": "1",
-            "JAX_PLATFORMS": "cpu",
-            "NML_JAX_DISTRIBUTED": "1",
-            "NML_JAX_COORDINATOR": f"127.0.0.1:{port}",
-            "NML_JAX_NUM_PROCESSES": "2",
-            "NML_JAX_PROCESS_ID": str(index),
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script)],
-                env=env,
-                cwd=t.REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            env=process_env(2, 1, index, port),
+            cwd=t.REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
+        for index in range(2)
+    ]
     survivor, victim = procs
     try:
         while (line := survivor.stdout.readline()) != b"running\n":  # Gloo prints to stdout too.
@@ -160,3 +170,115 @@ def test_a_killed_process_makes_the_other_exit_with_one_line(tmp_path):
     ), lines[-20:]
     assert "by peer" in lines[-1] and "last checkpoint" in lines[-1]
     assert not any("Traceback" in line or "stack trace" in line for line in lines), lines
+
+
+STAGES = os.path.join(t.REPO, "tests", "two_process_stages.py")
+
+
+@pytest.fixture(scope="module")
+def stage_outputs(tmp_path_factory):
+    """tests/two_process_stages.py (CLIP pre-training -> features -> NMTune transfer through main.run) as one
+    process x 4 devices and as two processes x 2 devices: what process 0 saved in each."""
+    runs = []
+    for num_processes, devices in (
+        (1, 4),
+        (2, 2),
+    ):  # Side by side: compiling is mostly single-threaded.
+        workdir = tmp_path_factory.mktemp(f"stages{num_processes}")
+        out = str(workdir / "out.npz")
+        runs.append(
+            (
+                out,
+                start_processes(
+                    [sys.executable, STAGES, str(workdir), out], num_processes, devices
+                ),
+            )
+        )
+    outputs = []
+    for out, procs in runs:
+        wait_all(procs)
+        with np.load(out) as f:
+            outputs.append(dict(f))
+    return outputs
+
+
+def _part(saved: dict, prefix: str) -> dict:
+    return {k: v for k, v in saved.items() if k.startswith(prefix)}
+
+
+@pytest.mark.slow
+def test_two_process_clip_pretraining_matches_one_process(stage_outputs):
+    one, two = (_part(s, "clip/") for s in stage_outputs)
+    assert sorted(one) == sorted(two) and len(one) > 10
+    np.testing.assert_array_equal(one["clip/is_noisy"], two["clip/is_noisy"])
+    assert one["clip/is_noisy"].sum() == 64  # round(0.25 * 256) swapped captions, the same ones.
+    for key in one:
+        # The same global batches and InfoNCE over the gathered global batch; only the summation order of the
+        # cross-process reductions differs. Attention key biases shift every logit of a softmax row equally, so
+        # their true gradient is 0 and the computed one is round-off; Adam scales it to steps of up to lr.
+        atol = 1e-3 * 6 if "['key']['bias']" in key else 1e-6
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=atol, err_msg=key)
+
+
+@pytest.mark.slow
+def test_two_process_features_match_one_process(stage_outputs):
+    one, two = (_part(s, "features/") for s in stage_outputs)
+    assert sorted(one) == sorted(two)
+    assert one["features/mnist5k_ood/train_views"].shape == (
+        3,
+        128,
+        32,
+    )  # Plain + 2 augmented views.
+    assert one["features/mnist5k_ood/uci_digits"].shape == (
+        100,
+        32,
+    )  # 100 does not split over 4 devices.
+    for key in one:
+        # Features of encoders whose parameters agree to 1e-6.
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow
+def test_two_process_transfer_matches_one_process(stage_outputs):
+    one, two = (_part(s, "transfer/") for s in stage_outputs)
+    assert sorted(one) == [
+        "transfer/fashion_mnist/fashion_mnist/nmtune",
+        "transfer/mnist5k_ood/mnist5k/nmtune",
+        "transfer/mnist5k_ood/uci_digits/nmtune",
+    ]
+    assert one == two  # The same test images classified the same way: equal accuracies.
+
+
+@pytest.mark.slow
+def test_local_multiprocess_script_runs_a_two_process_job(tmp_path):
+    """launch/local_multiprocess.sh: two processes x 2 devices train the smoke pre-training with the overrides
+    given after the device count; process 0 alone writes the workdir."""
+    workdir = tmp_path / "mp"
+    overrides = [
+        "--config.train_examples=64",
+        "--config.total_steps=2",
+        "--config.log_every_steps=1",
+        "--config.input.batch_size=16",
+        "--config.input.eval_batch_size=16",
+        "--config.test_split=test[:40]",
+    ]
+    script = os.path.join(t.REPO, "launch", "local_multiprocess.sh")
+    env = {**os.environ, "PY": sys.executable}
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    done = subprocess.run(
+        ["bash", script, "configs/pretrain.py:smoke", str(workdir), "2", "2", *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    logs = [(tmp_path / f"mp.process{i}.log").read_text() for i in range(2)]
+    assert done.returncode == 0, done.stdout + logs[0][-2000:] + logs[1][-2000:]
+    for index, log in enumerate(logs):
+        assert f"process {index}/2, 2 local / 4 global devices" in log
+    summary = json.loads((workdir / pretrain.SUMMARY_FILE).read_text())
+    # 40 test images over 2 processes x 2 devices: padded, masked batches, each image counted once.
+    assert summary["step"] == 2 and summary["test_examples"] == 40
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["step"] for r in records if "train_loss" in r]
+    assert logged == [1, 2]  # One writer: each step once.

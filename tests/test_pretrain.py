@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from nml_jax import (
     checkpoint,
@@ -155,6 +156,39 @@ def test_8_devices_match_1_device_with_batch_norm(tmp_path):
         # Only the summation order differs between 8 and 1 devices.
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
     assert results[0]["summary"]["test_accuracy"] == results[1]["summary"]["test_accuracy"]
+
+
+def test_fsdp_trains_like_the_replicated_run_on_8_devices(tmp_path):
+    # widths 16 on 8x8 images: a 256x256 feature kernel (2**16 entries, the FSDP threshold) is sharded 8 ways,
+    # and so is its SGD momentum; the small arrays stay replicated. (Not Adam: its first steps divide by
+    # sqrt(v) + 1e-8, which turns float noise in near-zero gradients into differences of order lr.)
+    results = {}
+    for fsdp in (True, False):
+        config = tiny_config(total_steps=4, num_devices=8, fsdp=fsdp)
+        config.model.update(widths=(16,), feature_dim=256)
+        results[fsdp] = pretrain.train(
+            config, str(tmp_path / f"fsdp{fsdp}"), random_data(), random_data(16, seed=1), 3
+        )
+    sharded = results[True]["state"]
+    kernel = sharded.params["Dense_0"]["kernel"]
+    assert kernel.shape == (256, 256) and kernel.sharding.spec == P(None, "data")
+    assert {shard.data.shape for shard in kernel.addressable_shards} == {(256, 32)}
+    assert sharded.params["head"]["kernel"].sharding.is_fully_replicated
+    moments = [
+        leaf
+        for leaf in jax.tree.leaves(sharded.opt_state)
+        if getattr(leaf, "shape", ()) == (256, 256)
+    ]
+    assert len(moments) == 1 and all(m.sharding.spec == P(None, "data") for m in moments)
+    a, b = (jax.device_get(results[f]["state"].params) for f in (True, False))
+    # The same global computation; only XLA's partitioned reductions may order sums differently.
+    diff = max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
+    print(f"FSDP vs replicated: max parameter difference {diff:.1e}")
+    assert diff < 1e-6
+    one, other = results[True]["summary"], results[False]["summary"]
+    assert one["test_accuracy"] == other["test_accuracy"]
+    for key in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(one[key], other[key], rtol=1e-5, err_msg=key)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ tf.config.set_visible_devices([], "GPU")
 import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from nml_jax import config_lib  # noqa: E402
+from nml_jax import config_lib, files  # noqa: E402
 from nml_jax.data import aircraft  # noqa: E402, F401  (registers the `fgvc_aircraft` builder)
 from nml_jax.data.builders import EMBEDDED, EmbeddedSet, embedded_names  # noqa: E402
 
@@ -55,7 +55,8 @@ def default_data_dir() -> str:
 
 
 def _resolve(data_dir: str | None) -> str:
-    return os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+    """The data_dir as TFDS gets it: a local path made absolute, or a URL (gs://...) unchanged."""
+    return files.absolute(data_dir or default_data_dir())
 
 
 class DatasetError(config_lib.UserError, ValueError):
