@@ -123,7 +123,8 @@ class TorchBasicBlock(nn.Module):
 
 class TorchResNet18(nn.Module):
     """nml_jax.models.resnet.ResNet-18 with the small stem (one 3x3/1 conv, no pool), NCHW; features are the
-    globally average-pooled last stage (D = 512)."""
+    globally average-pooled last stage (D = 512). The stride-2 convs pad (1, 1) where Flax's SAME pads (0, 1):
+    the same shapes and FLOPs."""
 
     def __init__(self, width: int = 64):
         super().__init__()
@@ -580,9 +581,9 @@ def nmtune_rows(name: str, num_examples: int, *, k, steps, repeats, budget_s) ->
 def main():
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--sizes", default=None, help="N values, comma-separated (2000,5000; quick 128)")
+    p.add_argument("--sizes", default=None, help="N values, comma-separated (2000,5000; quick 64)")
     p.add_argument("--encoders", default="cnn,resnet18", help=f"some of {sorted(ENCODERS)}")
-    p.add_argument("--steps", type=int, default=None, help="S, steps timed per way (20; quick 3)")
+    p.add_argument("--steps", type=int, default=None, help="S, steps timed per way (20; quick 2)")
     p.add_argument(
         "--full-budget-s",
         type=float,
@@ -594,8 +595,8 @@ def main():
     for name in names:
         if name not in ENCODERS:
             raise SystemExit(f"--encoders: {name!r} is not one of {sorted(ENCODERS)}.")
-    sizes = [int(n) for n in (args.sizes or ("128" if args.quick else "2000,5000")).split(",")]
-    steps = args.steps or (3 if args.quick else 20)
+    sizes = [int(n) for n in (args.sizes or ("64" if args.quick else "2000,5000")).split(",")]
+    steps = args.steps or (2 if args.quick else 20)
     budget_s = args.full_budget_s if args.full_budget_s is not None else (2 if args.quick else 120)
     k = defaults.DEFAULT_VIEWS
     torch.set_num_threads(args.torch_threads)
