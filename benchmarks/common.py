@@ -9,6 +9,7 @@ busy machine can be told apart.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -88,6 +89,35 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> di
         "max_s": max(times),
         "repeats": repeats,
     }
+
+
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_compile_total = [0.0]  # Seconds counted since the listener was registered.
+_listening = [False]
+
+
+def _count_compile(event: str, duration: float, **kwargs) -> None:
+    if event in _COMPILE_EVENTS:
+        _compile_total[0] += duration
+
+
+@contextlib.contextmanager
+def compile_seconds():
+    """Yields a dict whose 'seconds', set on exit, is the time JAX spent tracing, lowering and compiling
+    inside the block (jax.monitoring's compile events; blocks may nest)."""
+    if not _listening[0]:
+        jax.monitoring.register_event_duration_secs_listener(_count_compile)
+        _listening[0] = True
+    result = {"seconds": 0.0}
+    start = _compile_total[0]
+    try:
+        yield result
+    finally:
+        result["seconds"] = _compile_total[0] - start
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -2,38 +2,82 @@
 
 (a) The small CNN training step (conv32-pool-conv64-pool-dense128-logits, SGD momentum 0.9, lr 0.05, coupled
     weight decay 5e-4, batch 64, 28x28x1): examples/s of `pretrain.make_train_step` (jitted) vs PyTorch.
-(b) NMTune as the paper's code runs it: every step the frozen encoder (the small CNN) runs forward on both
-    views of the batch, then the NMTune head (Linear D->4D, BatchNorm, ReLU, Linear 4D->D, residual scale,
-    classifier) is trained with CE on both views + consistency + covariance - top-5 singular-value share
-    (`torch.linalg.svdvals`), AdamW lr 1e-3, wd 1e-4, batch 64. Ours: the features are computed once
-    (`Encoder`-style jitted forward) and `tuning.train_program` runs the epochs in one jitted scan on the
-    cached features. N = 4096 examples, D = 128 features; time per epoch and the ratio torch / ours.
+
+(b) NMTune with the paper's augmented views: the wall time of 30 epochs on N examples (default N = 2,000 and
+    5,000), feature passes included, for two frozen encoders with random-init weights (the times do not depend
+    on the weights): the small CNN (28x28x1, D = 128) and ResNet-18 with the small stem (32x32x3, D = 512;
+    `models.get('resnet18', stem='small')`, and `TorchResNet18` below, the same architecture). Every way
+    trains the same NMTune head (Linear D->4D, BatchNorm, ReLU, Linear 4D->D, residual scale, classifier;
+    CE on both views + consistency + covariance - top-5 singular-value share), AdamW lr 1e-3, wd 1e-4,
+    batch 64, on two augmented views of each example: RandomResizedCrop to the input size, scale (0.8, 1.0),
+    ratio (3/4, 4/3), and a horizontal flip with p = 1/2 (the supervised recipe, augment.RECIPES).
+    - torch_official, the paper's step: every step draws two independent augmented views of the batch
+      (`torch_augment`: a box per image drawn as torchvision's `RandomResizedCrop.get_params` draws it, the
+      crop, `F.interpolate(bilinear, align_corners=False, antialias=True)` back to size (torchvision's tensor
+      path), the flip), runs the frozen encoder (eval mode, no_grad) on the 2B images and trains the head on
+      the 2B features. The augmentation runs inside the timed loop (the official code pays for it too, in
+      DataLoader workers that share the same cores). No feature pass.
+    - torch_cached: the plain view and K = 4 augmented views (as our bank caches them) encoded once, then the
+      head on two different cached augmented views per example and step (drawn as `tuning.draw_views` does).
+    - ours_bank: the plain pass (`ImageEncoder.embed`) and K = 4 augmented passes (`features.augmented_view`),
+      then `tuning.fit` on the [1 + K, N, D] bank (one jitted program, all epochs in a `lax.scan`).
+    - ours_online: `tuning.fit` with `features.OnlineViews`: two fresh augmentations of the batch through the
+      frozen encoder inside the jitted step. The plain pass is counted too (the features stage computes it in
+      this mode as well, for LP and for `fit`'s plain view); it is the same measured pass as ours_bank's.
+
+    For each way: the time of each feature pass, the time per step (the median of S steps after warm-up), per
+    epoch and for the 30-epoch tuning loop, and `total_30_epochs_s` = feature passes + tuning loop. A tuning
+    loop whose estimate 30 * steps_per_epoch * step_s is under `--full-budget-s` (120 s) is run in full and
+    its measured time reported (`how`: "measured: full 30-epoch run"); a longer one is computed from the
+    measured step time plus the measured feature passes, and `how` says "estimated from S measured steps".
+    Ours: wall times include XLA compilation (a user pays it once per shape); `compile_s` says how much of
+    it was compilation (jax.monitoring). Our step time is measured by `tuning.fit` with one epoch on S * 64
+    examples (its per-call overhead included, so it errs high); PyTorch's is timed step by step.
 
 PyTorch runs with `torch.set_num_threads(2)` (the cores of the reference machine; XLA:CPU uses all cores);
 `--torch-threads=N` changes it. On a busy machine PyTorch's OpenMP threads spin and lose badly to other
 processes (measured at load 5 on 2 cores: 209 examples/s with 2 threads, 1,409 with 1), so compare on an idle
-machine, or with `--torch-threads=1` when the load is high.
-Needs `pip install torch==2.13.0` (the CPU wheel).
+machine, or with `--torch-threads=1` when the load is high. OPENBLAS_NUM_THREADS is set to 1 unless given, as
+`nml_jax.main` does (it only affects JAX's LAPACK calls; PyTorch uses MKL).
+Needs `pip install torch==2.13.0` (the CPU wheel); torchvision is not needed.
 
-    python -m benchmarks.torch_compare [--quick] [--torch-threads=2]
+    python -m benchmarks.torch_compare [--quick] [--torch-threads=2] [--sizes=2000,5000] [--encoders=cnn,resnet18]
 """
 
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import dataclasses
+import math
+import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from torch import nn
 
-from benchmarks import common, pretrain_throughput, transfer_throughput
-from nml_jax import models
+from benchmarks import common, pretrain_throughput
+from nml_jax import augment, defaults, encoders, features, models, tuning
 
 BATCH = 64
 NUM_CLASSES = 10
 DIM = 128
+EPOCHS = 30
+FEATURE_CHUNK = (
+    256  # Images per PyTorch forward in the feature passes (ImageEncoder.embed's batch).
+)
+RECIPE = augment.recipe("supervised", "classifier")
+# name -> (model block of the JAX encoder, input shape HWC, feature dim).
+ENCODERS = {
+    "cnn": ({"name": "cnn"}, (28, 28, 1), 128),
+    "resnet18": ({"name": "resnet18", "stem": "small"}, (32, 32, 3), 512),
+}
+WAYS = ("torch_official", "torch_cached", "ours_bank", "ours_online")
 
 
 class TorchSmallCNN(nn.Module):
@@ -53,6 +97,57 @@ class TorchSmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+class TorchBasicBlock(nn.Module):
+    """nml_jax.models.resnet.BasicBlock: two 3x3 convs (no bias) with BatchNorm, and a 1x1 projection (with
+    BatchNorm) when the shape changes."""
+
+    def __init__(self, in_channels: int, filters: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, filters, 3, stride, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(filters)
+        self.conv2 = nn.Conv2d(filters, filters, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(filters)
+        self.proj = None
+        if stride != 1 or in_channels != filters:
+            self.proj = nn.Sequential(
+                nn.Conv2d(in_channels, filters, 1, stride, bias=False), nn.BatchNorm2d(filters)
+            )
+
+    def forward(self, x):
+        y = torch.relu(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        return torch.relu((x if self.proj is None else self.proj(x)) + y)
+
+
+class TorchResNet18(nn.Module):
+    """nml_jax.models.resnet.ResNet-18 with the small stem (one 3x3/1 conv, no pool), NCHW; features are the
+    globally average-pooled last stage (D = 512). The stride-2 convs pad (1, 1) where Flax's SAME pads (0, 1):
+    the same shapes and FLOPs."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        blocks, channels = [], width
+        for stage in range(4):
+            filters = width * 2**stage
+            for j in range(2):
+                blocks.append(TorchBasicBlock(channels, filters, 2 if stage and not j else 1))
+                channels = filters
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(channels, NUM_CLASSES)
+
+    def features(self, x):
+        return self.blocks(self.stem(x)).mean(dim=(2, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+TORCH_ENCODERS = {"cnn": TorchSmallCNN, "resnet18": TorchResNet18}
 
 
 class TorchNMTuneHead(nn.Module):
@@ -86,6 +181,10 @@ def torch_nmtune_loss(logits, z, f1, labels):
     return ce + cons + 0.04 * off.pow(2).sum() / dim - 0.001 * s[:5].mean()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# (a) The small CNN training step.
+
+
 def torch_cnn_step_s(steps: int) -> float:
     """Median seconds of one PyTorch SGD step of the small CNN at batch 64."""
     model = TorchSmallCNN()
@@ -102,33 +201,6 @@ def torch_cnn_step_s(steps: int) -> float:
     return _median_time(step, steps)
 
 
-def torch_nmtune_epoch_s(num_examples: int) -> float:
-    """Seconds of one paper-style NMTune epoch: frozen-encoder forward on both views every step."""
-    encoder = TorchSmallCNN().eval()
-    head = TorchNMTuneHead(DIM, NUM_CLASSES)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
-    images = torch.randn(num_examples, 1, 28, 28)
-    labels = torch.randint(0, NUM_CLASSES, (num_examples,))
-
-    def epoch():
-        order = torch.randperm(num_examples)
-        for start in range(0, num_examples, BATCH):
-            index = order[start : start + BATCH]
-            x, y = images[index], labels[index]
-            with torch.no_grad():
-                f1, f2 = encoder.features(x), encoder.features(x)
-            logits, z = head(torch.cat([f1, f2]))
-            loss = torch_nmtune_loss(logits, z, f1, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-    epoch()  # Warm-up (allocator, thread pool).
-    start = time.perf_counter()
-    epoch()
-    return time.perf_counter() - start
-
-
 def _median_time(fn, repeats: int) -> float:
     fn()
     times = []
@@ -139,20 +211,394 @@ def _median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def jax_feature_pass_s(num_examples: int) -> float:
-    """Seconds to encode N images once with the small CNN's jitted eval forward (the cached features)."""
-    model = models.from_config(common.load_config("pretrain.py").model, NUM_CLASSES)
-    images = np.random.default_rng(0).standard_normal((num_examples, 28, 28, 1), np.float32)
-    batches = images.reshape(-1, 256, 28, 28, 1)
-    variables = model.init(jax.random.key(0), batches[0])
-    apply = jax.jit(lambda v, x: model.apply(v, x)[1])
-    return common.time_call(lambda: [apply(variables, b) for b in batches], repeats=2)["median_s"]
+def small_cnn_step(steps: int) -> dict:
+    jax_row = pretrain_throughput.measure(
+        "cnn", {}, "float32", (28, 28, 1), BATCH, steps=steps, repeats=3
+    )
+    torch_step = torch_cnn_step_s(steps)
+    row = {
+        "comparison": "small_cnn_train_step",
+        "batch_size": BATCH,
+        "jax_examples_per_s": jax_row["examples_per_s"],
+        "torch_examples_per_s": round(BATCH / torch_step, 1),
+    }
+    row["jax_over_torch"] = round(row["jax_examples_per_s"] / row["torch_examples_per_s"], 2)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (b) The augmented views in PyTorch: torchvision's RandomResizedCrop (+ flip) in plain torch.
+
+
+def torch_crop_box(
+    height: int, width: int, scale, ratio=augment.RATIO
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of one RandomResizedCrop box, drawn as torchvision's `get_params` draws it."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(augment.TRIES):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def torch_resized_crop(image: torch.Tensor, box) -> torch.Tensor:
+    """The `box` (top, left, h, w) of an image [C, H, W], resized bilinearly back to [C, H, W]."""
+    top, left, h, w = box
+    crop = image[None, :, top : top + h, left : left + w]
+    return nn.functional.interpolate(
+        crop, size=image.shape[1:], mode="bilinear", align_corners=False, antialias=True
+    )[0]
+
+
+def torch_augment(images: torch.Tensor, scale, flip: bool) -> torch.Tensor:
+    """One augmented view per image of a batch [B, C, H, W]: a crop box each, resized, flipped w.p. 1/2."""
+    height, width = images.shape[2:]
+    out = torch.empty_like(images)
+    for i in range(len(images)):
+        view = torch_resized_crop(images[i], torch_crop_box(height, width, scale))
+        if flip and torch.rand(1).item() < 0.5:
+            view = view.flip(-1)
+        out[i] = view
+    return out
+
+
+def crop_check(boxes: int = 8) -> dict:
+    """Max |torch_resized_crop - augment.resized_crop| over random boxes of a 32x32x3 image: on interior
+    pixels, and on the one-pixel border (where ours blends in the pixels just outside the box, torchvision's
+    crop-then-resize does not)."""
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((32, 32, 3)).astype(np.float32)
+    interior = border = 0.0
+    for _ in range(boxes):
+        box = torch_crop_box(32, 32, RECIPE["scale"])
+        ours = np.asarray(augment.resized_crop(jnp.asarray(image), jnp.asarray(box, jnp.int32)))
+        theirs = torch_resized_crop(torch.from_numpy(image).permute(2, 0, 1), box)
+        diff = np.abs(theirs.permute(1, 2, 0).numpy() - ours)
+        interior = max(interior, float(diff[1:-1, 1:-1].max()))
+        border = max(border, float(diff.max()))
+    return {"boxes": boxes, "interior_max_abs_diff": interior, "border_max_abs_diff": border}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (b) The PyTorch loops.
+
+
+def torch_epoch_batches(num_examples: int) -> list[torch.Tensor]:
+    """One epoch's shuffled index batches of 64, the last one short (DataLoader, drop_last=False)."""
+    return list(torch.randperm(num_examples).split(BATCH))
+
+
+def torch_head_step(head, optimizer, f1, f2, labels) -> None:
+    """One AdamW step of the NMTune head on the 2B features of two views."""
+    logits, z = head(torch.cat([f1, f2]))
+    loss = torch_nmtune_loss(logits, z, f1, labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def torch_feature_passes(encoder, images: torch.Tensor, k: int) -> tuple[torch.Tensor, list[float]]:
+    """The bank [1 + k, N, D] (view 0 plain, views 1..k augmented) and the seconds of each pass."""
+    views, seconds = [], []
+    with torch.no_grad():
+        for view in range(1 + k):
+            start = time.perf_counter()
+            parts = []
+            for chunk in images.split(FEATURE_CHUNK):
+                if view:
+                    chunk = torch_augment(chunk, RECIPE["scale"], RECIPE["flip"])
+                parts.append(encoder.features(chunk))
+            views.append(torch.cat(parts))
+            seconds.append(time.perf_counter() - start)
+    return torch.stack(views), seconds
+
+
+def run_torch_loop(step, num_examples: int, steps: int, budget_s: float) -> dict:
+    """Times `step(indices)`: the median of `steps` full batches after 2 warm-up steps, then the 30-epoch
+    loop, run in full if its estimate is under `budget_s`, else estimated from the step time."""
+    per_epoch = tuning.steps_per_epoch(num_examples, BATCH)
+    times = []
+    for i in range(steps + 2):
+        index = torch.randint(0, num_examples, (BATCH,))
+        start = time.perf_counter()
+        step(index)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    estimate = EPOCHS * per_epoch * step_s
+    if estimate > budget_s:
+        return {
+            "step_s": step_s,
+            "epoch_s": per_epoch * step_s,
+            "tuning_s": estimate,
+            "how": f"estimated from {steps} measured steps",
+        }
+    start = time.perf_counter()
+    for _ in range(EPOCHS):
+        for index in torch_epoch_batches(num_examples):
+            step(index)
+    tuning_s = time.perf_counter() - start
+    return {
+        "step_s": step_s,
+        "epoch_s": tuning_s / EPOCHS,
+        "tuning_s": tuning_s,
+        "how": "measured: full 30-epoch run",
+    }
+
+
+def torch_ways(name: str, inputs: np.ndarray, labels: np.ndarray, *, k, steps, budget_s) -> dict:
+    """The torch_official and torch_cached rows for one encoder and N."""
+    torch.manual_seed(0)
+    encoder = TORCH_ENCODERS[name]().eval()
+    dim = ENCODERS[name][2]
+    images = torch.from_numpy(inputs).permute(0, 3, 1, 2).contiguous()
+    targets = torch.from_numpy(labels)
+    scale, flip = RECIPE["scale"], RECIPE["flip"]
+
+    def fresh_head():
+        head = TorchNMTuneHead(dim, NUM_CLASSES)
+        return head, torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
+
+    head, optimizer = fresh_head()
+
+    def official_step(index):
+        x = images[index]
+        with torch.no_grad():
+            f = encoder.features(
+                torch.cat([torch_augment(x, scale, flip), torch_augment(x, scale, flip)])
+            )
+        torch_head_step(head, optimizer, f[: len(index)], f[len(index) :], targets[index])
+
+    common.log(f"  torch_official {name} N={len(inputs)}")
+    official = run_torch_loop(official_step, len(inputs), steps, budget_s)
+
+    common.log(f"  torch_cached {name} N={len(inputs)}: feature passes")
+    bank, pass_s = torch_feature_passes(encoder, images, k)
+    head, optimizer = fresh_head()
+
+    def cached_step(index):
+        first = torch.randint(0, k, (len(index),))
+        second = (first + torch.randint(1, k, (len(index),))) % k
+        f1, f2 = bank[first + 1, index], bank[second + 1, index]
+        torch_head_step(head, optimizer, f1, f2, targets[index])
+
+    common.log(f"  torch_cached {name} N={len(inputs)}: tuning")
+    cached = run_torch_loop(cached_step, len(inputs), steps, budget_s)
+    return {
+        "torch_official": {**official, "feature_passes_s": {}},
+        "torch_cached": {
+            **cached,
+            "feature_passes_s": {"plain": pass_s[0], "augmented": pass_s[1:]},
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (b) Ours: the project's feature passes and tuning.fit.
+
+
+def jax_encoder(name: str) -> encoders.ImageEncoder:
+    """A frozen ImageEncoder of the registry's model `name` with random-init weights (timing only)."""
+    model_block, input_shape, dim = ENCODERS[name]
+    model_kwargs = {k: v for k, v in model_block.items() if k != "name"}
+    model = models.get(model_block["name"], NUM_CLASSES, **model_kwargs)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *input_shape), jnp.float32))
+    card = {
+        "kind": "classifier",
+        "input_shape": list(input_shape),
+        "config": {"model": model_block},
+    }
+    apply_fn = lambda v, x: model.apply(v, x, train=False)[1]
+    return encoders.ImageEncoder(card, apply_fn, variables, dim, 0, f"random-init-{name}")
+
+
+def ours_feature_passes(
+    encoder, inputs: np.ndarray, k: int
+) -> tuple[np.ndarray, list[float], float]:
+    """The bank [1 + k, N, D] through the features stage's functions, each pass's seconds, compile seconds."""
+    spec = {"scale": list(RECIPE["scale"]), "flip": RECIPE["flip"], "seed": 0}
+    chunk = defaults.downstream().feature_chunk_size
+    views, seconds = [], []
+    with common.compile_seconds() as compiled:
+        for view in range(1 + k):
+            start = time.perf_counter()
+            if view:
+                views.append(features.augmented_view(encoder, inputs, view, spec, chunk))
+            else:
+                views.append(encoder.embed(inputs))
+            seconds.append(time.perf_counter() - start)
+    return np.stack(views), seconds, compiled["seconds"]
+
+
+def run_fit(views, labels, online, *, steps: int, repeats: int, budget_s: float) -> dict:
+    """Times `tuning.fit('nmtune', ...)`: the step time from one-epoch fits on steps * 64 examples (the
+    median of `repeats` after a compiling one), then the 30-epoch fit, run in full if its estimate is under
+    `budget_s`, else estimated (plus the probe's compile time)."""
+    config = defaults.head("nmtune")
+    config.epochs = EPOCHS
+    num_examples = views.shape[1]
+    per_epoch = tuning.steps_per_epoch(num_examples, BATCH)
+    sub = min(steps * BATCH, num_examples)
+    probe = config.copy_and_resolve_references()
+    probe.epochs = 1
+    probe_online = (
+        None if online is None else dataclasses.replace(online, inputs=online.inputs[:sub])
+    )
+
+    def fit(cfg, n, on):
+        return tuning.fit(
+            "nmtune", views[:, :n], labels[:n], cfg, num_classes=NUM_CLASSES, online=on
+        )
+
+    with common.compile_seconds() as compiled:
+        fit(probe, sub, probe_online)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fit(probe, sub, probe_online)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times) / tuning.steps_per_epoch(sub, BATCH)
+    estimate = EPOCHS * per_epoch * step_s
+    if estimate > budget_s:
+        return {
+            "step_s": step_s,
+            "epoch_s": per_epoch * step_s,
+            "tuning_s": estimate + compiled["seconds"],
+            "compile_s": compiled["seconds"],
+            "how": f"estimated from {steps} measured steps",
+        }
+    with common.compile_seconds() as compiled:
+        start = time.perf_counter()
+        fit(config, num_examples, online)
+        tuning_s = time.perf_counter() - start
+    run_s = tuning_s - compiled["seconds"]
+    return {
+        "step_s": run_s / (EPOCHS * per_epoch),
+        "epoch_s": run_s / EPOCHS,
+        "tuning_s": tuning_s,
+        "compile_s": compiled["seconds"],
+        "how": "measured: full 30-epoch run",
+    }
+
+
+def our_ways(name: str, inputs: np.ndarray, labels: np.ndarray, *, k, steps, repeats, budget_s):
+    """The ours_bank and ours_online rows for one encoder and N."""
+    encoder = jax_encoder(name)
+    common.log(f"  ours {name} N={len(inputs)}: feature passes")
+    bank, pass_s, pass_compile_s = ours_feature_passes(encoder, inputs, k)
+    passes = {"plain": pass_s[0], "augmented": pass_s[1:], "compile_s": pass_compile_s}
+    common.log(f"  ours_bank {name} N={len(inputs)}: tuning")
+    fit_kwargs = {"steps": steps, "repeats": repeats, "budget_s": budget_s}
+    bank_row = run_fit(bank, labels, None, **fit_kwargs)
+    online = features.OnlineViews(
+        inputs, encoder.apply_fn, encoder.variables, tuple(RECIPE["scale"]), RECIPE["flip"]
+    )
+    common.log(f"  ours_online {name} N={len(inputs)}: tuning")
+    online_row = run_fit(bank[:1], labels, online, **fit_kwargs)
+    return {
+        "ours_bank": {**bank_row, "feature_passes_s": passes},
+        "ours_online": {**online_row, "feature_passes_s": {"plain": pass_s[0]}},
+    }
+
+
+def _row(name: str, num_examples: int, way: str, timing: dict, k: int) -> dict:
+    """One JSON row: the timings rounded, the feature passes summed into the 30-epoch total."""
+    passes = dict(timing["feature_passes_s"])
+    passes_compile_s = passes.pop("compile_s", None)
+    passes_total = passes.get("plain", 0.0) + sum(passes.get("augmented", []))
+    row = {
+        "comparison": "nmtune_30_epochs_with_views",
+        "encoder": name,
+        "input_shape": list(ENCODERS[name][1]),
+        "dim": ENCODERS[name][2],
+        "num_examples": num_examples,
+        "way": way,
+        "views_k": k if way in ("torch_cached", "ours_bank") else None,
+        "batch_size": BATCH,
+        "steps_per_epoch": tuning.steps_per_epoch(num_examples, BATCH),
+        "feature_passes_s": {
+            key: [round(v, 3) for v in value] if isinstance(value, list) else round(value, 3)
+            for key, value in passes.items()
+        },
+        "feature_passes_total_s": round(passes_total, 3),
+        "step_ms": round(1000 * timing["step_s"], 3),
+        "epoch_s": round(timing["epoch_s"], 3),
+        "tuning_30_epochs_s": round(timing["tuning_s"], 2),
+        "total_30_epochs_s": round(passes_total + timing["tuning_s"], 2),
+        "how": timing["how"],
+    }
+    if passes_compile_s is not None:
+        row["feature_passes_compile_s"] = round(passes_compile_s, 2)
+    if "compile_s" in timing:
+        row["tuning_compile_s"] = round(timing["compile_s"], 2)
+    return row
+
+
+def nmtune_rows(name: str, num_examples: int, *, k, steps, repeats, budget_s) -> list[dict]:
+    """The four ways' rows for one encoder and N, and a row of the ratios of their 30-epoch totals."""
+    _, input_shape, _ = ENCODERS[name]
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((num_examples, *input_shape)).astype(np.float32)
+    labels = rng.integers(0, NUM_CLASSES, num_examples).astype(np.int64)
+    timings = {
+        **torch_ways(name, inputs, labels, k=k, steps=steps, budget_s=budget_s),
+        **our_ways(name, inputs, labels, k=k, steps=steps, repeats=repeats, budget_s=budget_s),
+    }
+    rows = [_row(name, num_examples, way, timings[way], k) for way in WAYS]
+    total = {row["way"]: row["total_30_epochs_s"] for row in rows}
+    rows.append(
+        {
+            "comparison": "nmtune_30_epochs_ratios",
+            "encoder": name,
+            "num_examples": num_examples,
+            "torch_official_over_ours_bank": round(total["torch_official"] / total["ours_bank"], 2),
+            "torch_official_over_ours_online": round(
+                total["torch_official"] / total["ours_online"], 2
+            ),
+            "torch_cached_over_ours_bank": round(total["torch_cached"] / total["ours_bank"], 2),
+            "torch_official_over_torch_cached": round(
+                total["torch_official"] / total["torch_cached"], 2
+            ),
+        }
+    )
+    return rows
 
 
 def main():
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--sizes", default=None, help="N values, comma-separated (2000,5000; quick 64)")
+    p.add_argument("--encoders", default="cnn,resnet18", help=f"some of {sorted(ENCODERS)}")
+    p.add_argument("--steps", type=int, default=None, help="S, steps timed per way (20; quick 2)")
+    p.add_argument(
+        "--full-budget-s",
+        type=float,
+        default=None,
+        help="run a tuning loop in full when its estimate is under this (120; quick 2)",
+    )
     args = p.parse_args()
+    names = args.encoders.split(",")
+    for name in names:
+        if name not in ENCODERS:
+            raise SystemExit(f"--encoders: {name!r} is not one of {sorted(ENCODERS)}.")
+    sizes = [int(n) for n in (args.sizes or ("64" if args.quick else "2000,5000")).split(",")]
+    steps = args.steps or (2 if args.quick else 20)
+    budget_s = args.full_budget_s if args.full_budget_s is not None else (2 if args.quick else 120)
+    k = defaults.DEFAULT_VIEWS
     torch.set_num_threads(args.torch_threads)
     machine = {
         **common.machine(),
@@ -160,44 +606,29 @@ def main():
         "torch_threads": args.torch_threads,
         "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
     }
-    num_examples = 1024 if args.quick else 4096
-    steps = 10 if args.quick else 30
-
     common.log("(a) small CNN training step")
-    jax_row = pretrain_throughput.measure(
-        "cnn", {}, "float32", (28, 28, 1), BATCH, steps=steps, repeats=3
+    results = [small_cnn_step(10 if args.quick else 30)]
+    common.log("(b) NMTune, 30 epochs with augmented views")
+    for name in names:
+        for num_examples in sizes:
+            results += nmtune_rows(
+                name,
+                num_examples,
+                k=k,
+                steps=steps,
+                repeats=1 if args.quick else 3,
+                budget_s=budget_s,
+            )
+    common.report(
+        "torch_compare",
+        machine,
+        results,
+        encoder_weights="random init (timing only)",
+        views_k=k,
+        steps_timed=steps,
+        full_budget_s=budget_s,
+        crop_check=crop_check(),
     )
-    torch_step = torch_cnn_step_s(steps)
-    cnn = {
-        "comparison": "small_cnn_train_step",
-        "batch_size": BATCH,
-        "jax_examples_per_s": jax_row["examples_per_s"],
-        "torch_examples_per_s": round(BATCH / torch_step, 1),
-    }
-    cnn["jax_over_torch"] = round(cnn["jax_examples_per_s"] / cnn["torch_examples_per_s"], 2)
-
-    common.log("(b) NMTune epoch: paper-style (encoder every step) vs cached features")
-    train, train_args, num_steps = transfer_throughput.make_program(
-        "nmtune", num_examples, DIM, BATCH, epochs=1
-    )
-    jax_epoch = common.time_call(lambda: train(*train_args), repeats=3)["median_s"]
-    feature_pass = jax_feature_pass_s(num_examples)
-    torch_epoch = torch_nmtune_epoch_s(num_examples)
-    nmtune = {
-        "comparison": "nmtune_epoch",
-        "num_examples": num_examples,
-        "dim": DIM,
-        "batch_size": BATCH,
-        "steps_per_epoch": num_steps,
-        "torch_encoder_every_step_epoch_s": round(torch_epoch, 3),
-        "jax_cached_features_epoch_s": round(jax_epoch, 3),
-        "jax_feature_pass_once_s": round(feature_pass, 3),
-        "torch_over_jax_per_epoch": round(torch_epoch / jax_epoch, 2),
-        "torch_over_jax_30_epochs_with_feature_pass": round(
-            30 * torch_epoch / (30 * jax_epoch + feature_pass), 2
-        ),
-    }
-    common.report("torch_compare", machine, [cnn, nmtune])
 
 
 if __name__ == "__main__":
