@@ -1,5 +1,5 @@
-"""Cluster paths: URL data_dirs and shards reach TensorFlow unchanged, URL workdirs are refused with one line,
-and the launch scripts parse."""
+"""Clusters without a cluster: URL data_dirs and shards reach TensorFlow unchanged, URL workdirs are refused
+with one line, and the SLURM and TPU launch scripts run against fake `srun` / `gcloud` commands."""
 
 import os
 import signal
@@ -15,10 +15,10 @@ from nml_jax import data, files, main
 from nml_jax import workdir as workdir_lib
 from nml_jax.data import captions
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import pretrain as pretrain_config
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs import pretrain as pretrain_config  # noqa: E402
 
 
 def test_absolute_keeps_urls_and_makes_local_paths_absolute(monkeypatch, tmp_path):
