@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nml_jax import data, files, main
+from nml_jax import checkpoint, data, encoders, files, main
 from nml_jax import workdir as workdir_lib
 from nml_jax.data import captions
 
@@ -86,6 +86,11 @@ def test_url_workdir_is_refused_with_one_line():
         "Workdir error: --workdir=gs://nml-test-bucket/run is a URL; a workdir must be a POSIX path"
     )
     assert "gcsfuse" in str(error.value)
+    # The other workdirs a run reads: a pre-trained encoder and init_from.
+    with pytest.raises(workdir_lib.WorkdirError, match=r"^config\.pretrained=gs://b/pre is a URL"):
+        encoders.read_card("gs://b/pre")
+    with pytest.raises(workdir_lib.WorkdirError, match=r"^config\.init_from=gs://b/pre is a URL"):
+        checkpoint.restore_raw("gs://b/pre")
 
 
 @pytest.mark.parametrize("script", ["local_multiprocess.sh", "slurm_gpu.sbatch", "tpu_pod.sh"])
