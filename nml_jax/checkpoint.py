@@ -45,6 +45,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from nml_jax import config_lib, parallel
+from nml_jax import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
@@ -241,7 +242,9 @@ def restore_raw(workdir: str) -> tuple[int, Any]:
       FileNotFoundError: `workdir` holds no checkpoint.
       CheckpointReadError: a checkpoint cannot be read because of a persisting I/O error.
       CheckpointError (a ValueError): none of its checkpoints can be restored.
+      WorkdirError: `workdir` is a URL (config.init_from=gs://...).
     """
+    workdir_lib.check_local(workdir, "config.init_from")
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     steps = sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
     if not steps:

@@ -29,6 +29,7 @@ import numpy as np
 from absl import logging
 
 from nml_jax import checkpoint, config_lib, files, models, parallel
+from nml_jax import workdir as workdir_lib
 from nml_jax.models import clip, minilm
 
 CARD_FILE = "model.json"
@@ -87,8 +88,9 @@ def read_card(workdir: str) -> dict[str, Any]:
 
     Raises:
       ModelCardError: no model.json, not JSON, not an object, or without the fields every card has (of the
-        right types); the message names the file and the field.
+        right types); the message names the file and the field. WorkdirError: `workdir` is a URL.
     """
+    workdir_lib.check_local(workdir, "config.pretrained")
     path = os.path.join(workdir, CARD_FILE)
     try:
         card = files.read_json(path)

@@ -60,13 +60,13 @@ def _take(path: str) -> bool:
     return True
 
 
-def check_local(workdir: str) -> None:
-    """Raises WorkdirError for a URL workdir (gs://...): stages write it with POSIX file I/O (atomic renames,
-    an exclusive lock file, appends), which object stores do not offer. Data (data_dir, TFRecord shards) may be
-    URLs."""
+def check_local(workdir: str, name: str = "--workdir") -> None:
+    """Raises WorkdirError for a URL workdir (gs://...), naming the flag or key `name` that gave it: stages
+    write and read workdirs with POSIX file I/O (atomic renames, an exclusive lock file, appends), which object
+    stores do not offer. Data (data_dir, TFRecord shards) may be URLs."""
     if files.is_url(workdir):
         raise WorkdirError(
-            f"--workdir={workdir} is a URL; a workdir must be a POSIX path every host sees (NFS, or the bucket "
+            f"{name}={workdir} is a URL; a workdir must be a POSIX path every host sees (NFS, or the bucket "
             "mounted with gcsfuse on every host, e.g. /mnt/bucket/run). data_dir and TFRecord shards may be URLs."
         )
 

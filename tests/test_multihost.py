@@ -3,6 +3,7 @@ results of one process x 4 devices: supervised and CLIP pre-training, features, 
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -199,6 +200,8 @@ def stage_outputs(tmp_path_factory):
         wait_all(procs)
         with np.load(out) as f:
             outputs.append(dict(f))
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"stage runs: {cpu.ru_utime + cpu.ru_stime:.0f} CPU-seconds in child processes so far")
     return outputs
 
 
@@ -218,6 +221,10 @@ def test_two_process_clip_pretraining_matches_one_process(stage_outputs):
         # their true gradient is 0 and the computed one is round-off; Adam scales it to steps of up to lr.
         atol = 1e-3 * 6 if "['key']['bias']" in key else 1e-6
         np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=atol, err_msg=key)
+    diff = {k: float(np.abs(two[k].astype(float) - one[k]).max()) for k in one}
+    bias = max(d for k, d in diff.items() if "['key']['bias']" in k)
+    rest = max(d for k, d in diff.items() if "['key']['bias']" not in k)
+    print(f"CLIP two vs one process: max |diff| {rest:.1e} (attention key biases {bias:.1e})")
 
 
 @pytest.mark.slow
@@ -236,6 +243,9 @@ def test_two_process_features_match_one_process(stage_outputs):
     for key in one:
         # Features of encoders whose parameters agree to 1e-6.
         np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    print(
+        f"features two vs one process: max |diff| {max(float(np.abs(two[k] - one[k]).max()) for k in one):.1e}"
+    )
 
 
 @pytest.mark.slow
