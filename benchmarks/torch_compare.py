@@ -43,7 +43,8 @@ machine, or with `--torch-threads=1` when the load is high. OPENBLAS_NUM_THREADS
 `nml_jax.main` does (it only affects JAX's LAPACK calls; PyTorch uses MKL).
 Needs `pip install torch==2.13.0` (the CPU wheel); torchvision is not needed.
 
-    python -m benchmarks.torch_compare [--quick] [--torch-threads=2] [--sizes=2000,5000] [--encoders=cnn,resnet18]
+    python -m benchmarks.torch_compare [--quick] [--torch-threads=2] [--sizes=2000,5000] \
+        [--encoders=cnn,resnet18] [--steps=20] [--full-budget-s=120]
 """
 
 from __future__ import annotations
@@ -590,6 +591,17 @@ def nmtune_rows(name: str, num_examples: int, *, k, steps, repeats, budget_s) ->
     return rows
 
 
+def _positive_ints(flag: str, text: str) -> list[int]:
+    """Comma-separated positive integers, or a one-line exit naming the flag."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise SystemExit(f"{flag}={text!r}: expected positive integers separated by commas.")
+    return values
+
+
 def main():
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads")
@@ -607,9 +619,15 @@ def main():
     for name in names:
         if name not in ENCODERS:
             raise SystemExit(f"--encoders: {name!r} is not one of {sorted(ENCODERS)}.")
-    sizes = [int(n) for n in (args.sizes or ("64" if args.quick else "2000,5000")).split(",")]
-    steps = args.steps or (2 if args.quick else 20)
+    sizes = _positive_ints("--sizes", args.sizes or ("64" if args.quick else "2000,5000"))
+    steps = args.steps if args.steps is not None else (2 if args.quick else 20)
+    if steps < 1:
+        raise SystemExit(f"--steps={steps}: expected a positive number of steps to time.")
     budget_s = args.full_budget_s if args.full_budget_s is not None else (2 if args.quick else 120)
+    if budget_s < 0:
+        raise SystemExit(f"--full-budget-s={budget_s}: expected seconds >= 0.")
+    if args.torch_threads < 1:
+        raise SystemExit(f"--torch-threads={args.torch_threads}: expected at least 1 thread.")
     k = defaults.DEFAULT_VIEWS
     torch.set_num_threads(args.torch_threads)
     machine = {
