@@ -25,14 +25,16 @@
       frozen encoder inside the jitted step. The plain pass is counted too (the features stage computes it in
       this mode as well, for LP and for `fit`'s plain view); it is the same measured pass as ours_bank's.
 
-    For each way: the time of each feature pass, the time per step (the median of S steps after warm-up), per
-    epoch and for the 30-epoch tuning loop, and `total_30_epochs_s` = feature passes + tuning loop. A tuning
-    loop whose estimate 30 * steps_per_epoch * step_s is under `--full-budget-s` (120 s) is run in full and
-    its measured time reported (`how`: "measured: full 30-epoch run"); a longer one is computed from the
-    measured step time plus the measured feature passes, and `how` says "estimated from S measured steps".
-    Ours: wall times include XLA compilation (a user pays it once per shape); `compile_s` says how much of
-    it was compilation (jax.monitoring). Our step time is measured by `tuning.fit` with one epoch on S * 64
-    examples (its per-call overhead included, so it errs high); PyTorch's is timed step by step.
+    For each way: the time of each feature pass; `probe_step_ms`, the median of S steps (default 20) after
+    warm-up; the 30-epoch tuning loop; and `total_30_epochs_s` = feature passes + tuning loop. A loop whose
+    estimate 30 * steps_per_epoch * probe step is under `--full-budget-s` (120 s) is run in full and its
+    measured time reported (`how`: "measured: full 30-epoch run"; `step_ms` and `epoch_s` are then its mean
+    step and epoch, short last batches included); a longer one is computed from the probe step time
+    (`how`: "estimated from S measured steps"; `step_ms` is the probe's), plus the measured feature passes.
+    Ours: wall times include XLA compilation (a user pays it once per shape and process); `*_compile_s` say
+    how much of it was compilation (jax.monitoring), and `step_ms`/`epoch_s` of a full run exclude it. Our
+    probe is `tuning.fit` with one epoch on S * 64 examples (the median of 3 after a compiling one), its
+    per-call overhead included, so it errs high for cheap steps; PyTorch's probe is timed step by step.
 
 PyTorch runs with `torch.set_num_threads(2)` (the cores of the reference machine; XLA:CPU uses all cores);
 `--torch-threads=N` changes it. On a busy machine PyTorch's OpenMP threads spin and lose badly to other
@@ -41,7 +43,8 @@ machine, or with `--torch-threads=1` when the load is high. OPENBLAS_NUM_THREADS
 `nml_jax.main` does (it only affects JAX's LAPACK calls; PyTorch uses MKL).
 Needs `pip install torch==2.13.0` (the CPU wheel); torchvision is not needed.
 
-    python -m benchmarks.torch_compare [--quick] [--torch-threads=2] [--sizes=2000,5000] [--encoders=cnn,resnet18]
+    python -m benchmarks.torch_compare [--quick] [--torch-threads=2] [--sizes=2000,5000] \
+        [--encoders=cnn,resnet18] [--steps=20] [--full-budget-s=120]
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import dataclasses
+import json
 import math
 import statistics
 import time
@@ -342,6 +346,7 @@ def run_torch_loop(step, num_examples: int, steps: int, budget_s: float) -> dict
     estimate = EPOCHS * per_epoch * step_s
     if estimate > budget_s:
         return {
+            "probe_step_s": step_s,
             "step_s": step_s,
             "epoch_s": per_epoch * step_s,
             "tuning_s": estimate,
@@ -353,7 +358,8 @@ def run_torch_loop(step, num_examples: int, steps: int, budget_s: float) -> dict
             step(index)
     tuning_s = time.perf_counter() - start
     return {
-        "step_s": step_s,
+        "probe_step_s": step_s,
+        "step_s": tuning_s / (EPOCHS * per_epoch),
         "epoch_s": tuning_s / EPOCHS,
         "tuning_s": tuning_s,
         "how": "measured: full 30-epoch run",
@@ -475,6 +481,7 @@ def run_fit(views, labels, online, *, steps: int, repeats: int, budget_s: float)
     estimate = EPOCHS * per_epoch * step_s
     if estimate > budget_s:
         return {
+            "probe_step_s": step_s,
             "step_s": step_s,
             "epoch_s": per_epoch * step_s,
             "tuning_s": estimate + compiled["seconds"],
@@ -487,6 +494,7 @@ def run_fit(views, labels, online, *, steps: int, repeats: int, budget_s: float)
         tuning_s = time.perf_counter() - start
     run_s = tuning_s - compiled["seconds"]
     return {
+        "probe_step_s": step_s,
         "step_s": run_s / (EPOCHS * per_epoch),
         "epoch_s": run_s / EPOCHS,
         "tuning_s": tuning_s,
@@ -536,6 +544,7 @@ def _row(name: str, num_examples: int, way: str, timing: dict, k: int) -> dict:
         },
         "feature_passes_total_s": round(passes_total, 3),
         "step_ms": round(1000 * timing["step_s"], 3),
+        "probe_step_ms": round(1000 * timing["probe_step_s"], 3),
         "epoch_s": round(timing["epoch_s"], 3),
         "tuning_30_epochs_s": round(timing["tuning_s"], 2),
         "total_30_epochs_s": round(passes_total + timing["tuning_s"], 2),
@@ -559,6 +568,8 @@ def nmtune_rows(name: str, num_examples: int, *, k, steps, repeats, budget_s) ->
         **our_ways(name, inputs, labels, k=k, steps=steps, repeats=repeats, budget_s=budget_s),
     }
     rows = [_row(name, num_examples, way, timings[way], k) for way in WAYS]
+    for row in rows:
+        common.log(json.dumps(row))  # So that an interrupted run keeps what it measured.
     total = {row["way"]: row["total_30_epochs_s"] for row in rows}
     rows.append(
         {
@@ -573,9 +584,22 @@ def nmtune_rows(name: str, num_examples: int, *, k, steps, repeats, budget_s) ->
             "torch_official_over_torch_cached": round(
                 total["torch_official"] / total["torch_cached"], 2
             ),
+            # The ways whose totals (and so the ratios they enter) are estimates, with their `how`.
+            "estimated": {row["way"]: row["how"] for row in rows if row["how"].startswith("est")},
         }
     )
     return rows
+
+
+def _positive_ints(flag: str, text: str) -> list[int]:
+    """Comma-separated positive integers, or a one-line exit naming the flag."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise SystemExit(f"{flag}={text!r}: expected positive integers separated by commas.")
+    return values
 
 
 def main():
@@ -595,9 +619,15 @@ def main():
     for name in names:
         if name not in ENCODERS:
             raise SystemExit(f"--encoders: {name!r} is not one of {sorted(ENCODERS)}.")
-    sizes = [int(n) for n in (args.sizes or ("64" if args.quick else "2000,5000")).split(",")]
-    steps = args.steps or (2 if args.quick else 20)
+    sizes = _positive_ints("--sizes", args.sizes or ("64" if args.quick else "2000,5000"))
+    steps = args.steps if args.steps is not None else (2 if args.quick else 20)
+    if steps < 1:
+        raise SystemExit(f"--steps={steps}: expected a positive number of steps to time.")
     budget_s = args.full_budget_s if args.full_budget_s is not None else (2 if args.quick else 120)
+    if budget_s < 0:
+        raise SystemExit(f"--full-budget-s={budget_s}: expected seconds >= 0.")
+    if args.torch_threads < 1:
+        raise SystemExit(f"--torch-threads={args.torch_threads}: expected at least 1 thread.")
     k = defaults.DEFAULT_VIEWS
     torch.set_num_threads(args.torch_threads)
     machine = {
