@@ -325,3 +325,32 @@ def test_fgvc_aircraft_builds_from_the_archive_layout(tmp_path):
         tfds.builder("fgvc_aircraft", data_dir=str(tmp_path / "other")).download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(root.parent.parent))
         )
+
+
+def test_noise_labels_are_made_once_and_read_by_every_other_host(
+    standin_dir, tmp_path, monkeypatch
+):
+    """With two processes, process 0 reads the labels and writes noise.npz; process 1 reads no label, waits at
+    the barrier and reads the file from the shared workdir."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from nml_jax import noise
+
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "pretrain_imagenet.py:noise=0.2"))
+    config.data_dir = standin_dir
+    barriers = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", barriers.append)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    made = noise.load_or_make(config, str(tmp_path))
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+
+    def no_labels(*args, **kwargs):
+        raise AssertionError("process 1 read the labels")
+
+    monkeypatch.setattr(data_lib, "load_labels", no_labels)
+    read = noise.load_or_make(config, str(tmp_path))
+    assert barriers == ["nml_jax_noise", "nml_jax_noise"]
+    np.testing.assert_array_equal(read["noisy_labels"], made["noisy_labels"])
+    assert int(made["is_noisy"].sum()) == round(0.2 * standin.PAPER_SPLITS["imagenet2012"]["train"])
