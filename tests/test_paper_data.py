@@ -354,3 +354,30 @@ def test_noise_labels_are_made_once_and_read_by_every_other_host(
     assert barriers == ["nml_jax_noise", "nml_jax_noise"]
     np.testing.assert_array_equal(read["noisy_labels"], made["noisy_labels"])
     assert int(made["is_noisy"].sum()) == round(0.2 * standin.PAPER_SPLITS["imagenet2012"]["train"])
+
+
+def test_streamed_resume_skips_the_epochs_before_it(monkeypatch):
+    """A run resumed in epoch 3 reads none of epochs 0-2: about `offset + buffer` records, not 2,500."""
+    import itertools
+
+    from nml_jax.data import pipeline
+
+    read = []
+    stream_part = pipeline._stream_part
+
+    def counted(*args):
+        part, sizes = stream_part(*args)
+        count = lambda ex: tf.py_function(lambda: read.append(1) or 0, [], tf.int32)
+        return part.map(lambda ex: {**ex, "_read": count(ex)}), sizes
+
+    monkeypatch.setattr(pipeline, "_stream_part", counted)
+    kwargs = dict(global_batch=100, seed=3, shuffle_buffer=64, process_index=0, process_count=1)
+    full = list(itertools.islice(pipeline.stream_train("nml_uci_digits", "test", **kwargs), 26))
+    read.clear()
+    resumed = next(pipeline.stream_train("nml_uci_digits", "test", start_step=25, **kwargs))
+    np.testing.assert_array_equal(resumed["index"], full[25]["index"])
+    size = data_lib.num_examples("nml_uci_digits", "test")
+    offset = 25 * 100 % size
+    assert (
+        len(read) < offset + 64 + 100 * 4 < 25 * 100
+    )  # The resume point, the buffer, a few prefetched batches.
