@@ -381,3 +381,15 @@ def test_streamed_resume_skips_the_epochs_before_it(monkeypatch):
     assert (
         len(read) < offset + 64 + 100 * 4 < 25 * 100
     )  # The resume point, the buffer, a few prefetched batches.
+
+
+def test_online_views_are_refused_for_the_paper_suites():
+    """Online views keep the training inputs in memory: only the embedded suite may ask for them."""
+    from nml_jax import defaults
+
+    config = defaults.downstream(("lp", "nmtune"), "paper_id")
+    config.views.mode = "online"
+    with pytest.raises(config_lib.ConfigError, match=r"views\.mode='online'.*paper_id"):
+        features.validate(config)
+    config.suite = "embedded"
+    features.validate(config)
