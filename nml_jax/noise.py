@@ -274,11 +274,27 @@ def load_or_make(
 ) -> dict[str, np.ndarray]:
     """Returns the noise for `config`, reusing `<workdir>/noise.npz` when it was made with the same settings.
 
-    `labels` (the clean train labels) may be passed to avoid loading the dataset again. Every process computes
-    the same result from the seed; only process 0 writes the file.
+    `labels` (the clean train labels) may be passed to avoid loading the dataset again. With several processes,
+    only process 0 reads the labels and makes (or reuses) the file, once for all hosts (ImageNet: 1.28M labels
+    read once, not once per host); after a barrier every other process reads it from the shared workdir.
     """
-    from nml_jax import data, parallel
+    import jax
 
+    if jax.process_count() == 1:
+        return _load_or_make_here(config, workdir, labels)
+    from jax.experimental import multihost_utils
+
+    from nml_jax import parallel
+
+    result = _load_or_make_here(config, workdir, labels) if parallel.is_main_process() else None
+    multihost_utils.sync_global_devices("nml_jax_noise")
+    return result if result is not None else load(os.path.join(workdir, NOISE_FILE))
+
+
+def _load_or_make_here(
+    config: Any, workdir: str, labels: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """`load_or_make` in one process: reuse the file, refuse one made otherwise, or make and write it."""
     path = os.path.join(workdir, NOISE_FILE)
     key = settings_key(config)
     if os.path.exists(path):
@@ -295,6 +311,17 @@ def load_or_make(
         logging.warning(
             "--config.overwrite=True: %s was made with other settings; making it again.", path
         )
+    result = _make(config, labels)
+    os.makedirs(workdir, exist_ok=True)
+    save(result, path, config)
+    result["settings_key"] = np.array(key)
+    return result
+
+
+def _make(config: Any, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The noise of `config` over the train split's labels (`labels`, else read from the dataset)."""
+    from nml_jax import data
+
     split = config.get("train_split", "train")
     if config.noise.kind == "caption_swap":
         count = (
@@ -308,10 +335,6 @@ def load_or_make(
             labels = data.load_labels(config.dataset, split, data_dir=config.get("data_dir"))
         num_classes = data.num_classes(config.dataset, data_dir=config.get("data_dir"))
         result = make_label_noise(labels, num_classes, config.noise, config.dataset)
-    if parallel.is_main_process():
-        os.makedirs(workdir, exist_ok=True)
-        save(result, path, config)
-    result["settings_key"] = np.array(key)
     return result
 
 

@@ -325,3 +325,71 @@ def test_fgvc_aircraft_builds_from_the_archive_layout(tmp_path):
         tfds.builder("fgvc_aircraft", data_dir=str(tmp_path / "other")).download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(root.parent.parent))
         )
+
+
+def test_noise_labels_are_made_once_and_read_by_every_other_host(
+    standin_dir, tmp_path, monkeypatch
+):
+    """With two processes, process 0 reads the labels and writes noise.npz; process 1 reads no label, waits at
+    the barrier and reads the file from the shared workdir."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from nml_jax import noise
+
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "pretrain_imagenet.py:noise=0.2"))
+    config.data_dir = standin_dir
+    barriers = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", barriers.append)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    made = noise.load_or_make(config, str(tmp_path))
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+
+    def no_labels(*args, **kwargs):
+        raise AssertionError("process 1 read the labels")
+
+    monkeypatch.setattr(data_lib, "load_labels", no_labels)
+    read = noise.load_or_make(config, str(tmp_path))
+    assert barriers == ["nml_jax_noise", "nml_jax_noise"]
+    np.testing.assert_array_equal(read["noisy_labels"], made["noisy_labels"])
+    assert int(made["is_noisy"].sum()) == round(0.2 * standin.PAPER_SPLITS["imagenet2012"]["train"])
+
+
+def test_streamed_resume_skips_the_epochs_before_it(monkeypatch):
+    """A run resumed in epoch 3 reads none of epochs 0-2: about `offset + buffer` records, not 2,500."""
+    import itertools
+
+    from nml_jax.data import pipeline
+
+    read = []
+    stream_part = pipeline._stream_part
+
+    def counted(*args):
+        part, sizes = stream_part(*args)
+        count = lambda ex: tf.py_function(lambda: read.append(1) or 0, [], tf.int32)
+        return part.map(lambda ex: {**ex, "_read": count(ex)}), sizes
+
+    monkeypatch.setattr(pipeline, "_stream_part", counted)
+    kwargs = dict(global_batch=100, seed=3, shuffle_buffer=64, process_index=0, process_count=1)
+    full = list(itertools.islice(pipeline.stream_train("nml_uci_digits", "test", **kwargs), 26))
+    read.clear()
+    resumed = next(pipeline.stream_train("nml_uci_digits", "test", start_step=25, **kwargs))
+    np.testing.assert_array_equal(resumed["index"], full[25]["index"])
+    size = data_lib.num_examples("nml_uci_digits", "test")
+    offset = 25 * 100 % size
+    assert (
+        len(read) < offset + 64 + 100 * 4 < 25 * 100
+    )  # The resume point, the buffer, a few prefetched batches.
+
+
+def test_online_views_are_refused_for_the_paper_suites():
+    """Online views keep the training inputs in memory: only the embedded suite may ask for them."""
+    from nml_jax import defaults
+
+    config = defaults.downstream(("lp", "nmtune"), "paper_id")
+    config.views.mode = "online"
+    with pytest.raises(config_lib.ConfigError, match=r"views\.mode='online'.*paper_id"):
+        features.validate(config)
+    config.suite = "embedded"
+    features.validate(config)

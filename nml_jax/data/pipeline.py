@@ -238,21 +238,34 @@ def stream_train(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite training batches streamed from a TFDS split too big for memory (e.g. imagenet2012).
 
-    Each process reads its `tfds.even_splits` part in file order, shuffles it with `seed` (a buffer of
-    `shuffle_buffer`), repeats, and skips the first `start_step` batches, so a resumed run sees the same batches.
+    Each process reads its `tfds.even_splits` part in file order. Epoch e of the part is its own pass, shuffled
+    with a buffer of `shuffle_buffer` and a seed of (seed, process, e); the global batch at step s is made of
+    examples s * B / P ... of this sequence of epochs, so a run resumed at `start_step` sees the same batches
+    as an uninterrupted one. Resuming never re-reads the epochs before the resume point: it starts at epoch
+    start_step * B / P // part_size and skips, undecoded, only the records of that epoch already used.
     `label_table` (e.g. noisy labels, one per example of the whole split) replaces `label` by `index`.
     Image features arrive undecoded, so `pp` should start with a decode op (`decode`, or
     `decode_jpeg_and_inception_crop(224)`), which passes already-decoded images through.
     """
     index, count, local = _processes(process_index, process_count, global_batch)
-    ds, _ = _stream_part(name, split, data_dir, index, count, label_table)
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    part, sizes = _stream_part(name, split, data_dir, index, count, label_table)
+    size = sizes[index]
+    if size == 0:
+        raise ValueError(f"{name}/{split}: process {index} of {count} has no examples to train on.")
+    first_epoch, offset = divmod(start_step * local, size)
     process_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    epoch_seed = int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0]) % 2**40
 
-    def with_seed(position, example):
-        return {**example, preprocess.SEED_KEY: _aug_seeds(process_seed, position)}
+    def epoch(e):
+        order = part.shuffle(
+            shuffle_buffer, seed=epoch_seed * 1_000_003 + e, reshuffle_each_iteration=False
+        )
+        # The example's position in this process's sequence seeds its augmentation.
+        return order.enumerate().map(
+            lambda i, ex: {**ex, preprocess.SEED_KEY: _aug_seeds(process_seed, e * size + i)}
+        )
 
-    ds = ds.enumerate().skip(start_step * local).map(with_seed)
+    ds = tf.data.Dataset.range(first_epoch, _MAX_STEPS).flat_map(epoch).skip(offset)
     return _finish(_apply_pp(ds, pp).batch(local, drop_remainder=True))
 
 
