@@ -5,8 +5,9 @@ supervised encoders) a horizontal flip with probability 1/2:
   supervised: scale (0.8, 1.0), flip;   clip: scale (0.9, 1.0), no flip.
 The crop box follows torchvision exactly: up to 10 tries of an area fraction s ~ U(scale) and a log-uniform
 aspect ratio r, w = round(sqrt(s A r)), h = round(sqrt(s A / r)), accepted when it fits, at a uniform integer
-offset; else the central crop of the whole image clamped to the ratio range. The crop is resized with bilinear
-interpolation (antialiased when it shrinks). Images are the encoder's preprocessed float inputs [B, H, W, C];
+offset; else the central crop of the whole image clamped to the ratio range. The crop is resized back to the input
+size with bilinear interpolation of the crop alone (half-pixel centres, edge pixels repeated; a crop is never
+larger than the image, so no antialiasing applies). Images are the encoder's preprocessed float inputs [B, H, W, C];
 bilinear resizing commutes with the per-channel affine normalisation, so cropping after it equals cropping before.
 
 Every example's view is a function of its own key, so a view never depends on the batch it was drawn in:
@@ -69,15 +70,30 @@ def crop_box(
     return jnp.where(fits.any(), drawn, fallback)
 
 
+def _interpolation_matrix(start: jax.Array, length: jax.Array, size: int) -> jax.Array:
+    """[size, size] bilinear weights resizing rows start..start+length-1 of an axis to `size` samples.
+
+    Half-pixel centres (align_corners=False); a sample outside the crop takes the crop's edge pixel, so nothing
+    outside the box enters (torchvision crops, then resizes: PIL's and torch's bilinear agree on this when
+    enlarging, and a crop never shrinks an axis).
+    """
+    last = start + length - 1
+    source = start + (jnp.arange(size) + 0.5) * (length / size) - 0.5  # Exact for the identity.
+    source = jnp.clip(source, start, last)
+    low = jnp.floor(source)
+    frac = source - low
+    high = jnp.minimum(low + 1, last)
+    rows = jnp.arange(size)[None, :]
+    return (1 - frac)[:, None] * (rows == low[:, None]) + frac[:, None] * (rows == high[:, None])
+
+
 def resized_crop(image: jax.Array, box: jax.Array) -> jax.Array:
     """The `box` [top, left, h, w] of a float image [H, W, C], resized bilinearly back to [H, W, C]."""
     height, width = image.shape[:2]
     top, left, h, w = (box[i].astype(jnp.float32) for i in range(4))
-    scale = jnp.stack([height / h, width / w])
-    translation = -jnp.stack([top, left]) * scale
-    return jax.image.scale_and_translate(
-        image, image.shape, (0, 1), scale, translation, method="linear", antialias=True
-    )
+    rows = _interpolation_matrix(top, h, height)
+    cols = _interpolation_matrix(left, w, width)
+    return jnp.einsum("ij,jkc,lk->ilc", rows, image, cols, precision=jax.lax.Precision.HIGHEST)
 
 
 def augment_one(

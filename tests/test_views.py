@@ -51,12 +51,12 @@ def test_views_are_cropped_flipped_per_recipe_and_independent_of_the_batch():
     views = np.asarray(augment.augment(keys, x, (0.8, 1.0), True))
     changed = np.abs(views - np.asarray(x)).max(axis=(1, 2, 3)) > 1e-3
     assert changed.mean() > 0.9
-    # One example's view is a function of its own key only.
+    # One example's view is a function of its own key only (to float round-off of the batched matmuls).
     np.testing.assert_allclose(
-        views[5], augment.augment_one(keys[5], x[5], (0.8, 1.0), True), atol=1e-6
+        views[5], augment.augment_one(keys[5], x[5], (0.8, 1.0), True), atol=2e-5
     )
     half = np.asarray(augment.augment(keys[32:], x[32:], (0.8, 1.0), True))
-    np.testing.assert_allclose(half, views[32:], atol=1e-6)
+    np.testing.assert_allclose(half, views[32:], atol=2e-5)
     # Full-image crops isolate the flip: supervised flips about half the images, CLIP never.
     flipped = np.asarray(augment.augment(keys, x, (1.0, 1.0), True))
     is_flipped = np.all(np.abs(flipped - np.asarray(x)[:, :, ::-1]) < 1e-5, axis=(1, 2, 3))
