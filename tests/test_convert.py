@@ -91,7 +91,7 @@ def test_reader_refuses_pickled_code_and_damaged_files(tmp_path):
         reader.load_state_dict(notes)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(reader.StateDictError, match=r"junk\.pth"):
+    with pytest.raises(reader.StateDictError, match=r"junk\.pth is not a PyTorch checkpoint"):
         reader.load_state_dict(str(junk))
     with pytest.raises(reader.StateDictError, match="does not exist"):
         reader.load_state_dict(str(tmp_path / "absent.pth"))
