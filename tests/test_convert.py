@@ -155,7 +155,7 @@ def test_clip_image_tower_card_restores_as_an_encoder(tmp_path):
     model_config = {"name": "clip_modified_rn50", "width": 8, "stage_sizes": [1, 1, 1, 1]}
     model = models.get("clip_modified_rn50", 16, width=8, stage_sizes=(1, 1, 1, 1))
     x = np.zeros((1, 32, 32, 3), np.float32)
-    variables = jax.tree.map(np.asarray, model.init(jax.random.key(0), x))
+    variables = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(0), x))
     ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
     ckpt.save(0, variables)
     ckpt.close()
@@ -173,7 +173,7 @@ def test_clip_image_tower_card_restores_as_an_encoder(tmp_path):
     features = encoder.features(images, batch_size=2)
     assert features.shape == (2, 16) and encoder.feature_dim == 16
     np.testing.assert_allclose(
-        features, model.apply(variables, encoder.inputs(images, batch_size=2)), rtol=1e-5
+        features, jax.jit(model.apply)(variables, encoder.inputs(images, batch_size=2)), rtol=1e-5
     )
 
 
@@ -196,7 +196,7 @@ def test_imported_model_is_an_encoder_of_the_downstream_stages(tmp_path):
     # The encoder's features are the converted model's pooled features on its preprocessed inputs.
     entry = archs.get("efficientnet_lite", "lite0")
     variables = archs.convert("efficientnet_lite", "lite0", _lite0_state_dict())
-    _, expected = entry.build().apply(variables, inputs)
+    _, expected = jax.jit(entry.build().apply)(variables, inputs)
     np.testing.assert_allclose(encoder.features(images), expected, rtol=1e-4, atol=1e-5)
     # Imported once: the same spec again leaves the checkpoint alone; another resolution is refused.
     stamp = os.path.getmtime(os.path.join(workdir_path, "model.json"))
