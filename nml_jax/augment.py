@@ -34,7 +34,7 @@ TRIES = 10
 def recipe(name: str, encoder_kind: str) -> dict:
     """The augmentation of `name` ('supervised', 'clip' or 'auto': 'clip' for CLIP towers, else supervised)."""
     if name == "auto":
-        name = "clip" if encoder_kind == "clip" else "supervised"
+        name = "clip" if encoder_kind in ("clip", "clip_image") else "supervised"
     return {"name": name, **RECIPES[name]}
 
 

@@ -4,7 +4,8 @@ An encoder maps a batch of inputs to features and says what it takes and what it
 `features(inputs)` -> float32 [B, D], `input_shape`, `feature_dim`, and `fingerprint` (changes whenever the
 weights or their config change; the feature cache is keyed by it). Three kinds:
 - `ImageEncoder` of a supervised checkpoint (pre-logit features) or of a CLIP checkpoint's image tower
-  (unnormalised image embeddings), restored from a pre-training workdir by `restore(workdir)`;
+  (unnormalised image embeddings; kind `clip_image` when the tower came alone, from converted weights),
+  restored from a pre-training workdir by `restore(workdir)`;
 - `TextEncoder`, the frozen all-MiniLM-L6-v2 sentence encoder (mean-pooled, L2-normalised embeddings).
 
 The model card `<workdir>/model.json`, written by every trainer through `write_card` and read by `read_card`,
@@ -33,7 +34,11 @@ from nml_jax import workdir as workdir_lib
 from nml_jax.models import clip, minilm
 
 CARD_FILE = "model.json"
-KINDS = ("classifier", "clip")
+KINDS = (
+    "classifier",
+    "clip",
+    "clip_image",
+)  # clip_image: a CLIP image tower alone (converted weights).
 
 
 class ModelCardError(config_lib.UserError, ValueError):
@@ -120,6 +125,12 @@ def read_card(workdir: str) -> dict[str, Any]:
             )
     if card["kind"] == "clip" and not _is_int(card["pad_id"]):
         raise ModelCardError(f"{path}: field 'pad_id' is {card['pad_id']!r}; expected an integer.")
+    if card["kind"] == "clip_image" and not (
+        _is_int(card.get("embed_dim")) and card["embed_dim"] > 0
+    ):
+        raise ModelCardError(
+            f"{path}: field 'embed_dim' is {card.get('embed_dim')!r}; expected a positive integer."
+        )
     return card
 
 
@@ -239,6 +250,10 @@ def restore(workdir: str) -> ImageEncoder:
         model = clip.build(config.model, card["pad_id"])
         apply_fn = lambda v, x: model.apply(v, x, method=clip.CLIP.encode_image)
         dim = config.model.embed_dim
+    elif card["kind"] == "clip_image":
+        model = models.from_config(config.model, card["embed_dim"])
+        apply_fn = lambda v, x: model.apply(v, x, train=False)
+        dim = card["embed_dim"]
     else:
         head = variables["params"]["head"]["kernel"]
         model = models.from_config(config.model, int(np.shape(head)[-1]))

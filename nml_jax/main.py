@@ -104,6 +104,7 @@ _ERROR_LABELS = {
     "ConfigError": "Config error",
     "FeatureFileError": "Feature file error",
     "ModelCardError": "Model card error",
+    "StateDictError": "Weights error",
     "DatasetError": "Dataset error",
     "WorkdirError": "Workdir error",
     "CheckpointWriteError": "Write error",

@@ -91,7 +91,7 @@ def test_reader_refuses_pickled_code_and_damaged_files(tmp_path):
         reader.load_state_dict(notes)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(reader.StateDictError, match=r"junk\.pth"):
+    with pytest.raises(reader.StateDictError, match=r"junk\.pth is not a PyTorch checkpoint"):
         reader.load_state_dict(str(junk))
     with pytest.raises(reader.StateDictError, match="does not exist"):
         reader.load_state_dict(str(tmp_path / "absent.pth"))
@@ -142,6 +142,39 @@ def test_spec_syntax_and_its_errors(tmp_path):
         config_lib.ConfigError, match=r"give the weights file, as torchvision:resnet18:FILE"
     ):
         importer.parse_spec("torchvision:resnet18")
+    (tmp_path / "rn50.pt").write_bytes(b"weights")
+    with pytest.raises(config_lib.ConfigError, match=r"open_clip:RN50 takes 224 px only"):
+        importer.import_config(f"open_clip:RN50:{tmp_path}/rn50.pt", image_size=128)
+
+
+def test_clip_image_tower_card_restores_as_an_encoder(tmp_path):
+    import ml_collections
+
+    from nml_jax import checkpoint, encoders, models
+
+    model_config = {"name": "clip_modified_rn50", "width": 8, "stage_sizes": [1, 1, 1, 1]}
+    model = models.get("clip_modified_rn50", 16, width=8, stage_sizes=(1, 1, 1, 1))
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    variables = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(0), x))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+    ckpt.save(0, variables)
+    ckpt.close()
+    config = ml_collections.ConfigDict(
+        {
+            "model": model_config,
+            "input": {"pp_eval": "grey_to_rgb|to_float|resize(32)"},
+            "noise": {"kind": "unknown", "ratio": None},
+            "seed": 0,
+        }
+    )
+    encoders.write_card(str(tmp_path), "clip_image", config, (32, 32, 3), embed_dim=16)
+    encoder = encoders.restore(str(tmp_path))
+    images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), np.uint8)
+    features = encoder.features(images, batch_size=2)
+    assert features.shape == (2, 16) and encoder.feature_dim == 16
+    np.testing.assert_allclose(
+        features, jax.jit(model.apply)(variables, encoder.inputs(images, batch_size=2)), rtol=1e-5
+    )
 
 
 def test_imported_model_is_an_encoder_of_the_downstream_stages(tmp_path):
@@ -163,7 +196,7 @@ def test_imported_model_is_an_encoder_of_the_downstream_stages(tmp_path):
     # The encoder's features are the converted model's pooled features on its preprocessed inputs.
     entry = archs.get("efficientnet_lite", "lite0")
     variables = archs.convert("efficientnet_lite", "lite0", _lite0_state_dict())
-    _, expected = entry.build().apply(variables, inputs)
+    _, expected = jax.jit(entry.build().apply)(variables, inputs)
     np.testing.assert_allclose(encoder.features(images), expected, rtol=1e-4, atol=1e-5)
     # Imported once: the same spec again leaves the checkpoint alone; another resolution is refused.
     stamp = os.path.getmtime(os.path.join(workdir_path, "model.json"))
@@ -186,5 +219,7 @@ def test_imagenet_model_smoke_job(tmp_path):
     assert {r["method"] for r in rows} == {"lp", "mlp", "nmtune"}
     assert {r["kind"] for r in rows} == {"id", "ood"}
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
-    assert {r["noise_ratio"] for r in rows} == {"nan"}  # The ImageNet labels' noise is not known.
+    assert {r["noise_ratio"] for r in rows} == {
+        ""
+    }  # The noise of the ImageNet labels is not known.
     assert (tmp_path / "model.json").exists() and (tmp_path / "report.md").exists()

@@ -88,3 +88,16 @@ def test_symmetric_conv_pads_both_sides_like_pytorch():
     assert float(same[0, 0, 0, 0]) == float(x[0, :3, :3].sum())
     with pytest.raises(ValueError, match="padding='torch' is not valid"):
         models.get("resnet18", 2, padding="torch").init(jax.random.PRNGKey(0), x.repeat(3, -1))
+
+
+@pytest.mark.parametrize("kernel,strides,size", [(3, 1, 7), (5, 2, 8), (3, 2, 7)])
+def test_depthwise_conv_matches_grouped_convolution(kernel, strides, size):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, 6)), jnp.float32)
+    layer = layers.DepthwiseConv(kernel, strides)
+    variables = layer.init(jax.random.PRNGKey(0), x)
+    grouped = nn.Conv(
+        6, (kernel, kernel), strides, padding="SAME", feature_group_count=6, use_bias=False
+    )
+    np.testing.assert_allclose(
+        layer.apply(variables, x), grouped.apply(variables, x), rtol=1e-5, atol=1e-5
+    )

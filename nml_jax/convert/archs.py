@@ -17,11 +17,12 @@ import numpy as np
 
 from nml_jax import models
 from nml_jax.convert import converters
-from nml_jax.models import efficientnet, resnet
+from nml_jax.models import efficientnet, modified_resnet, resnet
 
 # TensorFlow's EfficientNet-Lite inputs: (x - 127) / 128 on 0..255 pixels, i.e. [0, 1] -> [-127/128, 1].
 TF_LITE_NORM = "value_range(-0.9921875, 1.0, 0.0, 1.0)"
 IMAGENET_NORM = "normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))"
+CLIP_NORM = "normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +36,19 @@ class Arch:
     normalization: str
     num_outputs: int = 1000  # ImageNet classes (a CLIP tower: its embedding width).
     card_kind: str = "classifier"
+    # A whole model's state dict whose tensors of this prefix are the part we take (CLIP: the image tower).
+    prefix: str = ""
+    fixed_resolution: bool = (
+        False  # The weights fit one input size only (CLIP's positional embedding).
+    )
 
     def build(self):
         return models.get(self.model, self.num_outputs, **self.kwargs)
+
+    def apply(self, variables, x):
+        """(logits or CLIP embedding, penultimate features or None) of preprocessed images `x`."""
+        out = self.build().apply(variables, x)
+        return out if isinstance(out, tuple) else (out, None)
 
     def abstract_variables(self) -> dict:
         """The model's variables as ShapeDtypeStructs (no parameters are initialised)."""
@@ -70,6 +81,23 @@ ARCHS.update(
         for depth in resnet.STAGE_SIZES
     }
 )
+# OpenAI CLIP and open_clip name the ModifiedResNet alike; a whole CLIP state dict holds it under `visual.`.
+ARCHS.update(
+    {
+        ("open_clip", name): Arch(
+            model=f"clip_modified_{variant}",
+            kwargs={},
+            module_map=converters.modified_resnet_names,
+            resolution=224,
+            normalization=CLIP_NORM,
+            num_outputs=modified_resnet.VARIANTS[variant][2],
+            card_kind="clip_image",
+            prefix="visual.",
+            fixed_resolution=True,
+        )
+        for variant, name in (("rn50", "RN50"), ("rn101", "RN101"))
+    }
+)
 SOURCES = tuple(sorted({source for source, _ in ARCHS}))
 
 
@@ -90,6 +118,11 @@ def convert(source: str, arch: str, state_dict: dict[str, np.ndarray]) -> dict:
       StateDictError: unsupported architecture, or missing / unexpected / mis-shaped tensors (all listed).
     """
     entry = get(source, arch)
+    if entry.prefix and any(k.startswith(entry.prefix) for k in state_dict):
+        # The other towers of a whole model (CLIP's text transformer) are left out on purpose.
+        state_dict = {
+            k[len(entry.prefix) :]: v for k, v in state_dict.items() if k.startswith(entry.prefix)
+        }
     return converters.map_state_dict(
         state_dict, entry.abstract_variables(), entry.module_map, f"{source}:{arch}"
     )

@@ -153,3 +153,12 @@ def resnet_names(
         return f"layer{stage}.{j}.{inner[path[1]]}"
 
     return names
+
+
+def modified_resnet_names(path: tuple[str, ...]) -> str:
+    """Our ModifiedResNet module path -> OpenAI CLIP / open_clip's `visual` prefix (`layer1.0.conv1`, ...)."""
+    inner = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
+    if path[0].startswith("layer"):
+        stage, j = path[0].split("_")
+        return f"{stage}.{j}.{inner.get(path[1], path[1])}"
+    return ".".join(path)

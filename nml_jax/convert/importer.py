@@ -105,6 +105,11 @@ def import_config(spec: str, image_size: int | None = None) -> ml_collections.Co
     entry = archs.get(source, arch)
     resolution = entry.resolution if image_size is None else image_size
     config_lib.check_positive_int("image_size", resolution)
+    if entry.fixed_resolution and resolution != entry.resolution:
+        raise config_lib.ConfigError(
+            f"image_size={resolution}: {source}:{arch} takes {entry.resolution} px only (its positional "
+            "embedding fixes the input size); leave image_size unset."
+        )
     return ml_collections.ConfigDict(
         {
             "stage": "import",
@@ -147,7 +152,7 @@ def import_model(
         ckpt.save(0, jax.tree.map(np.asarray, variables))
     finally:
         ckpt.close()
-    extra = {"num_classes": entry.num_outputs} if entry.card_kind == "classifier" else {}
+    extra = {"num_classes" if entry.card_kind == "classifier" else "embed_dim": entry.num_outputs}
     shape = (config.image_size, config.image_size, 3)
     encoders.write_card(workdir, entry.card_kind, config, shape, **extra)
     logging.info("Imported %s (%s) into %s as %s.", spec, path, workdir, entry.model)

@@ -45,6 +45,10 @@ class StateDictError(config_lib.UserError, ValueError):
     """A weights file cannot be read as a state dict, or does not fit the model; the message says why."""
 
 
+class UnsafePickleError(StateDictError):
+    """The pickle names a global other than those of a tensor state dict; nothing of it was run."""
+
+
 class _StorageType:
     """Stands in for torch.<X>Storage in the pickle: only its dtype matters."""
 
@@ -108,7 +112,7 @@ class _Unpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED:
-            raise StateDictError(
+            raise UnsafePickleError(
                 f"{self.path}: refusing to load the global {module}.{name}; only tensor state dicts "
                 "(OrderedDict of tensors) are read, no other pickled object."
             )
@@ -174,11 +178,18 @@ def _read_zip(path: str) -> Any:
 
 def _read_legacy(path: str) -> Any:
     with open(path, "rb") as f:
-        header = [_load_pickle(_Unpickler(f, path)) for _ in range(3)]
+        not_torch = StateDictError(
+            f"{path} is not a PyTorch checkpoint (neither torch.save's zip nor its legacy format) nor a "
+            ".safetensors file."
+        )
+        try:
+            header = [_load_pickle(_Unpickler(f, path)) for _ in range(3)]
+        except UnsafePickleError:
+            raise
+        except StateDictError:
+            raise not_torch from None
         if header[0] != _LEGACY_MAGIC or not isinstance(header[2], dict):
-            raise StateDictError(
-                f"{path} is neither a zip nor a legacy PyTorch checkpoint (no torch.save magic number)."
-            )
+            raise not_torch
         order = "<" if header[2].get("little_endian", True) else ">"
         unpickler = _Unpickler(f, path)
         obj = _load_pickle(unpickler)

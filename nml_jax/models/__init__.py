@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from nml_jax.models import clip, cnn, efficientnet, resnet, vit
+from nml_jax.models import clip, cnn, efficientnet, modified_resnet, resnet, vit
 
 _CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     "cnn": lambda num_classes, **kw: cnn.SmallCNN(num_classes=num_classes, **kw),
@@ -35,6 +35,11 @@ _CLIP_TOWERS: dict[str, Callable[..., nn.Module]] = {
             d,
         )
         for d in resnet.STAGE_SIZES
+    },
+    # CLIP's own ModifiedResNet towers (converted OpenAI / open_clip weights).
+    **{
+        f"clip_modified_{v}": functools.partial(modified_resnet.modified_resnet, v)
+        for v in modified_resnet.VARIANTS
     },
 }
 _REGISTRY = {**_CLASSIFIERS, **_CLIP_TOWERS}

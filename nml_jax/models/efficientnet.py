@@ -7,7 +7,8 @@ stages of mobile inverted bottlenecks (MBConv: 1x1 expand -> BN -> ReLU6 -> kxk 
 block of a stage) -> BN -> ReLU6 -> 1x1 project -> BN, plus the identity when the shape is kept); head 1x1 conv ->
 BN -> ReLU6; global average pool (= the features); dropout; linear classifier. Convolutions pad as TensorFlow's
 "SAME" (the extra row and column at the end), as the original and the `efficientnet_lite_pytorch` port do; batch
-norm epsilon 1e-3. Widths are rounded as the reference's `round_filters` (multiples of 8).
+norm epsilon 1e-3. Depthwise convs are layers.DepthwiseConv (a sum of shifted slices: ~15x faster than a grouped
+convolution on XLA:CPU). Widths are rounded as the reference's `round_filters` (multiples of 8).
 """
 
 from __future__ import annotations
@@ -87,13 +88,7 @@ class MBConv(nn.Module):
         if self.expand != 1:
             y = self.conv(hidden, (1, 1), name="expand_conv")(y)
             y = nn.relu6(self.norm(name="expand_norm")(y))
-        y = self.conv(
-            hidden,
-            (self.kernel, self.kernel),
-            (self.strides, self.strides),
-            feature_group_count=hidden,
-            name="depthwise_conv",
-        )(y)
+        y = layers.DepthwiseConv(self.kernel, self.strides, dtype=y.dtype, name="depthwise_conv")(y)
         y = nn.relu6(self.norm(name="depthwise_norm")(y))
         y = self.conv(self.out_filters, (1, 1), name="project_conv")(y)
         y = self.norm(name="project_norm")(y)

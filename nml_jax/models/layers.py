@@ -7,6 +7,8 @@ padding): on XLA:CPU this trains about 2x faster than `lax.reduce_window` for th
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -42,3 +44,41 @@ def symmetric_conv(features: int, kernel_size, strides=1, padding="SAME", **kwar
     if isinstance(padding, str) and padding == "SAME":
         padding = [(k // 2, k // 2) for k in kernel_size]
     return nn.Conv(features, kernel_size, strides, padding=padding, **kwargs)
+
+
+class DepthwiseConv(nn.Module):
+    """A depthwise k x k conv (one filter per channel, no bias) with XLA "SAME" padding, computed as the sum of
+    k^2 shifted, strided slices times per-channel weights: y[b,i,j,c] = sum_{p,q} x_pad[b, s*i+p, s*j+q, c] w[p,q,0,c].
+
+    The kernel has `nn.Conv(feature_group_count=C)`'s shape (k, k, 1, C). On XLA:CPU a grouped convolution is
+    ~15x slower than this sum (EfficientNet-Lite's 5x5 depthwise layers, measured); tests check they agree.
+    """
+
+    kernel_size: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        k, s = self.kernel_size, self.strides
+        kernel = self.param(
+            "kernel",
+            nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1, 2)),
+            (k, k, 1, x.shape[-1]),
+            self.param_dtype,
+        ).astype(self.dtype)
+        x = x.astype(self.dtype)
+        height, width = x.shape[1], x.shape[2]
+        out_h, out_w = -(-height // s), -(-width // s)
+        pad_h = max((out_h - 1) * s + k - height, 0)
+        pad_w = max((out_w - 1) * s + k - width, 0)
+        x = jnp.pad(
+            x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+        )
+        out = 0
+        for p in range(k):
+            for q in range(k):
+                window = x[:, p : p + (out_h - 1) * s + 1 : s, q : q + (out_w - 1) * s + 1 : s, :]
+                out = out + window * kernel[p, q, 0]
+        return out
