@@ -165,6 +165,7 @@ def max_rel_diff(path: str, reference: str) -> dict:
     import numpy as np
 
     with np.load(path) as a, np.load(reference) as b:
+
         def rel(k):
             return float(np.max(np.abs(a[k] - b[k])) / max(float(np.max(np.abs(b[k]))), 1e-30))
 
@@ -177,13 +178,21 @@ def run_case(case: str, candidates: list[str], steps: int, repeats: int, tmp: st
 
     rows = []
     common.log(f"{case}: torch")
-    torch_row = _run_worker(["--worker=torch", f"--case={case}", f"--steps={steps}", f"--repeats={repeats}"], "")
+    torch_row = _run_worker(
+        ["--worker=torch", f"--case={case}", f"--steps={steps}", f"--repeats={repeats}"], ""
+    )
     rows.append({"case": case, "framework": "pytorch", "threads": TORCH_THREADS, **torch_row})
     reference = os.path.join(tmp, f"{case}_default.npz")
     for name in candidates:
         common.log(f"{case}: {name}")
         out = os.path.join(tmp, f"{case}_{name}.npz")
-        args = ["--worker=jax", f"--case={case}", f"--steps={steps}", f"--repeats={repeats}", f"--out={out}"]
+        args = [
+            "--worker=jax",
+            f"--case={case}",
+            f"--steps={steps}",
+            f"--repeats={repeats}",
+            f"--out={out}",
+        ]
         row = {"case": case, "framework": "jax", "candidate": name, "xla_flags": CANDIDATES[name]}
         row.update(_run_worker(args, CANDIDATES[name]))
         if "error" not in row and os.path.exists(reference):
@@ -216,7 +225,9 @@ def main():
     candidates = args.candidates.split(",")
     unknown = sorted(set(candidates) - set(CANDIDATES))
     if unknown or candidates[0] != "default":
-        raise SystemExit(f"--candidates: start with 'default'; known: {sorted(CANDIDATES)}; got {unknown}")
+        raise SystemExit(
+            f"--candidates: start with 'default'; known: {sorted(CANDIDATES)}; got {unknown}"
+        )
     machine = common.machine()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
