@@ -11,8 +11,9 @@ process measures our ResNet (`models.get`) on random data:
 PyTorch (`torch_models.TorchResNet`, the same architecture, NCHW, `torch.set_num_threads(2)`) is measured in its
 own process in the same run: an SGD-momentum training step and a `no_grad` eval forward.
 
-Cases: ResNet-18 with the small stem at 32 px (train batch 64, forward batch 256) and ResNet-50 at 224 px
-(train batch 16, forward batch 32; `--resnet50` adds it: several minutes per candidate on 2 cores).
+Cases: ResNet-18 with the small stem at 32 px (train batch 64, forward batch 256); `--resnet50` adds ResNet-50 at
+224 px (train batch 16, forward batch 32: several minutes per candidate on 2 cores) and EfficientNet-Lite0 at
+224 px (forward only, batch 32; PyTorch: the `efficientnet_lite_pytorch` wheel's model).
 
     python -m benchmarks.xla_cpu_options [--quick] [--resnet50] [--candidates=default,ynn_conv,...]
 """
@@ -26,7 +27,8 @@ import sys
 import tempfile
 import time
 
-# name -> XLA_FLAGS added to the environment's. `default` is jaxlib's own configuration.
+# name -> XLA_FLAGS added to the environment's. `default` is jaxlib's own configuration (the programs here are
+# compiled without `parallel.conv_net_options()`, so the flags alone decide; `no_ynn` is what those options set).
 CANDIDATES = {
     "default": "",
     "ynn_conv": "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution",
@@ -34,11 +36,13 @@ CANDIDATES = {
     "xnn_graph": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
     "onednn": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
     "eigen_one_thread": "--xla_cpu_multi_thread_eigen=false",
+    "no_ynn_one_thread": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_multi_thread_eigen=false",
 }
-# name -> (model kwargs, image shape HWC, train batch, forward batch, classes).
+# name -> (model kwargs, image shape HWC, train batch (None: forward only), forward batch, classes).
 CASES = {
     "resnet18": ({"name": "resnet18", "stem": "small"}, (32, 32, 3), 64, 256, 10),
     "resnet50": ({"name": "resnet50", "stem": "imagenet"}, (224, 224, 3), 16, 32, 1000),
+    "efficientnet_lite0": ({"name": "efficientnet_lite0"}, (224, 224, 3), None, 32, 1000),
 }
 TORCH_THREADS = 2
 
@@ -69,16 +73,19 @@ def jax_worker(case: str, steps: int, repeats: int, out: str) -> dict:
 
     kwargs, shape, train_batch, forward_batch, classes = CASES[case]
     model_kwargs = {k: v for k, v in kwargs.items() if k != "name"}
-    step, state, batch = pretrain_throughput.make_step(
-        kwargs["name"], model_kwargs, "float32", shape, train_batch
-    )
-    holder = [state]
+    result = {}
+    if train_batch:
+        step, state, batch = pretrain_throughput.make_step(
+            kwargs["name"], model_kwargs, "float32", shape, train_batch, compiler_options={}
+        )
+        holder = [state]
 
-    def train():
-        holder[0], metrics = step(holder[0], batch)
-        common.block(metrics["loss"])
+        def train():
+            holder[0], metrics = step(holder[0], batch)
+            common.block(metrics["loss"])
 
-    train_s = _timed(train, steps, repeats)
+        result["train_images_per_s"] = round(train_batch / _timed(train, steps, repeats), 1)
+    train_batch = train_batch or forward_batch
 
     model = models.get(kwargs["name"], classes, **model_kwargs)
     rng = np.random.default_rng(0)
@@ -101,44 +108,51 @@ def jax_worker(case: str, steps: int, repeats: int, out: str) -> dict:
         logits=np.asarray(logits),
         **{jax.tree_util.keystr(p): np.asarray(g) for p, g in leaves},
     )
-    return {
-        "train_images_per_s": round(train_batch / train_s, 1),
-        "forward_images_per_s": round(forward_batch / forward_s, 1),
-    }
+    return {**result, "forward_images_per_s": round(forward_batch / forward_s, 1)}
+
+
+def _torch_net(case: str):
+    kwargs, _, _, _, classes = CASES[case]
+    if kwargs["name"] == "efficientnet_lite0":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=224)
+        return net, lambda x: net.extract_features(x).mean(dim=(2, 3))
+    from benchmarks import torch_models
+
+    depth = int(kwargs["name"].removeprefix("resnet"))
+    net = torch_models.TorchResNet(depth, classes, stem=kwargs["stem"])
+    return net, net.features
 
 
 def torch_worker(case: str, steps: int, repeats: int) -> dict:
     import torch
 
-    from benchmarks import torch_models
-
     torch.set_num_threads(TORCH_THREADS)
-    kwargs, (h, w, c), train_batch, forward_batch, classes = CASES[case]
-    depth = int(kwargs["name"].removeprefix("resnet"))
-    net = torch_models.TorchResNet(depth, classes, stem=kwargs["stem"])
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(train_batch, c, h, w)
-    y = torch.randint(0, classes, (train_batch,))
+    _, (h, w, c), train_batch, forward_batch, classes = CASES[case]
+    net, features = _torch_net(case)
+    result = {}
+    if train_batch:
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        x = torch.randn(train_batch, c, h, w)
+        y = torch.randint(0, classes, (train_batch,))
 
-    def train():
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        optimizer.step()
+        def train():
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            optimizer.step()
 
-    net.train()
-    train_s = _timed(train, steps, repeats)
+        net.train()
+        result["train_images_per_s"] = round(train_batch / _timed(train, steps, repeats), 1)
     net.eval()
     xf = torch.randn(forward_batch, c, h, w)
 
     def forward():
         with torch.no_grad():
-            net.features(xf)
+            features(xf)
 
     forward_s = _timed(forward, max(1, steps // 2), repeats)
-    return {
-        "train_images_per_s": round(train_batch / train_s, 1),
-        "forward_images_per_s": round(forward_batch / forward_s, 1),
-    }
+    return {**result, "forward_images_per_s": round(forward_batch / forward_s, 1)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,8 +245,10 @@ def main():
     machine = common.machine()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for case in ("resnet18", "resnet50") if args.resnet50 else ("resnet18",):
-            big = case == "resnet50"
+        for case in (
+            ("resnet18", "resnet50", "efficientnet_lite0") if args.resnet50 else ("resnet18",)
+        ):
+            big = case != "resnet18"
             steps = args.steps or (2 if big or args.quick else 10)
             repeats = args.repeats or (1 if args.quick else 3)
             results += run_case(case, candidates, steps, repeats, tmp)

@@ -180,7 +180,7 @@ class ImageEncoder:
         self.input_shape = tuple(card["input_shape"])
         self.feature_dim = int(feature_dim)
         self.variables = jax.device_put(variables)
-        self._apply = jax.jit(apply_fn)
+        self._apply = jax.jit(apply_fn, compiler_options=parallel.conv_net_options())
         blob = json.dumps(
             [os.path.realpath(workdir), step, card["config"]], sort_keys=True, default=repr
         )

@@ -439,7 +439,7 @@ def stream_features(
     out = {v: np.zeros((n, encoder.feature_dim), np.float32) for v in views}
     labels = np.zeros(n, np.int64)
     variables = jax.device_put(encoder.variables, parallel.replicated(mesh))
-    apply = jax.jit(encoder.apply_fn)
+    apply = jax.jit(encoder.apply_fn, compiler_options=parallel.conv_net_options())
     augmenter = (
         augment.jitted(tuple(view_spec["scale"]), bool(view_spec["flip"])) if any(views) else None
     )
