@@ -179,6 +179,9 @@ def write_bytes(path: str, data: bytes, *, fsync: bool = False) -> None:
     """
     if is_url(path):
         makedirs(path.rsplit("/", 1)[0])
+        if path.startswith("ram://") and _gfile().exists(path):
+            # TensorFlow's in-memory file system (the tests') appends to an existing file even in "wb" mode.
+            _gfile().remove(path)
         with _gfile().GFile(path, "wb") as f:
             f.write(data)
         return

@@ -96,25 +96,36 @@ def _noise(ratio, **overrides):
     return config
 
 
-def test_noise_stage_in_a_url_workdir_resumes_refuses_and_moves_aside(url):
+def test_noise_stage_in_a_url_workdir_resumes_refuses_and_overwrites(url):
     run = f"{url}/run"
-    first = main.run(_noise(0.1), run)
+    first = main.run(_noise(0.1), run)["noise"]
     assert json.loads(files.read_text(f"{run}/config.json"))["noise"]["ratio"] == 0.1
     with files.load_npz(f"{run}/noise.npz") as f:
         assert f["is_noisy"].sum() == 50
         np.testing.assert_array_equal(f["noisy_labels"], first["noisy_labels"])
     assert not files.exists(f"{run}/{workdir.LOCK_FILE}")
 
-    again = main.run(_noise(0.1), run)  # Reused, not made again.
+    again = main.run(_noise(0.1), run)["noise"]  # Reused, not made again.
     np.testing.assert_array_equal(again["noisy_labels"], first["noisy_labels"])
 
     with pytest.raises(workdir.WorkdirError, match=r"ratio: 0\.1 -> 0\.2"):
         main.run(_noise(0.2), run)
-    third = main.run(_noise(0.2, overwrite=True), run)
-    assert int(third["is_noisy"].sum()) == 100
-    (aside,) = files.listdir(f"{run}/{workdir.OVERWRITTEN_DIR}")
-    with files.load_npz(f"{run}/{workdir.OVERWRITTEN_DIR}/{aside}/noise.npz") as f:
-        np.testing.assert_array_equal(f["noisy_labels"], first["noisy_labels"])
+    assert main.run(_noise(0.2, overwrite=True), run)["corrupted"] == 100
+    assert json.loads(files.read_text(f"{run}/config.json"))["noise"]["ratio"] == 0.2
+
+
+def test_output_of_another_config_is_moved_aside_in_a_url_workdir(url):
+    files.write_json(f"{url}/model.json", {"seed": 0})
+    files.write_text(f"{url}/checkpoints/1/data", "weights")
+    args = (url, "a model", {"seed": 0}, {"seed": 1}, ("model.json", "checkpoints", "absent"))
+    with pytest.raises(workdir.WorkdirError, match=r"seed: 0 -> 1"):
+        workdir.check_fingerprint(*args, overwrite=False)
+    workdir.check_fingerprint(*args, overwrite=True)
+    assert files.listdir(url) == [workdir.OVERWRITTEN_DIR]
+    (aside,) = files.listdir(f"{url}/{workdir.OVERWRITTEN_DIR}")
+    moved = f"{url}/{workdir.OVERWRITTEN_DIR}/{aside}"
+    assert files.read_json(f"{moved}/model.json") == {"seed": 0}
+    assert files.read_text(f"{moved}/checkpoints/1/data") == "weights"
 
 
 def _features(path):
