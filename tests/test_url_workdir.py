@@ -12,7 +12,7 @@ import uuid
 import numpy as np
 import pytest
 
-from nml_jax import checkpoint, config_lib, encoders, files, main, workdir
+from nml_jax import checkpoint, config_lib, encoders, features, files, main, metrics, tasks, workdir
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -126,6 +126,65 @@ def test_output_of_another_config_is_moved_aside_in_a_url_workdir(url):
     moved = f"{url}/{workdir.OVERWRITTEN_DIR}/{aside}"
     assert files.read_json(f"{moved}/model.json") == {"seed": 0}
     assert files.read_text(f"{moved}/checkpoints/1/data") == "weights"
+
+
+class _Projection:
+    """A fixed random projection of the pixels, counting the images it encodes."""
+
+    input_shape = (28, 28, 1)
+    feature_dim = 8
+    fingerprint = "projection"
+
+    def __init__(self):
+        self.calls = 0
+        self.w = np.random.default_rng(0).normal(size=(28 * 28, 8)).astype(np.float32)
+
+    def inputs(self, images):
+        return images.astype(np.float32) / 255.0
+
+    def embed(self, inputs):
+        self.calls += len(inputs)
+        return inputs.reshape(len(inputs), -1) @ self.w
+
+    def features(self, images):
+        return self.embed(self.inputs(images))
+
+
+def test_feature_cache_in_a_url_directory(url, tmp_path):
+    domain = tasks.Domain("uci_digits", "nml_uci_digits", "test[:60]")
+    encoder = _Projection()
+    made, labels = features.domain_features(
+        encoder, domain, cache_dir=f"{url}/cache", chunk_size=32
+    )
+    (cached,) = files.glob(f"{url}/cache/*.npz")
+    again, labels_again = features.domain_features(
+        encoder, domain, cache_dir=f"{url}/cache", chunk_size=32
+    )
+    assert encoder.calls == 60  # The second call read the cache.
+    np.testing.assert_array_equal(again, made)
+    np.testing.assert_array_equal(labels_again, labels)
+    local, _ = features.domain_features(
+        _Projection(), domain, cache_dir=str(tmp_path), chunk_size=32
+    )
+    np.testing.assert_array_equal(local, made)
+    assert files.read_bytes(cached) == (tmp_path / os.path.basename(cached)).read_bytes()
+
+
+def test_metrics_in_a_url_workdir_drop_records_after_the_resume_step(url):
+    writer = metrics.MetricWriter(url)
+    for step in (1, 2, 3):
+        writer.write(step, {"loss": float(step)})
+    writer.close()
+    resumed = metrics.MetricWriter(url, resume_step=2)
+    resumed.write(3, {"loss": 0.5})
+    resumed.close()
+    lines = files.read_text(f"{url}/{metrics.METRICS_FILE}").splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"step": 1, "loss": 1.0},
+        {"step": 2, "loss": 2.0},
+        {"step": 3, "loss": 0.5},
+    ]
+    assert len(files.listdir(f"{url}/{metrics.TENSORBOARD_DIR}")) == 2  # One event file per writer.
 
 
 def _features(path):
