@@ -97,7 +97,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str, *, max_to_keep: int | None = 3, async_save: bool = True):
         check_location(workdir)
-        self.workdir = files.absolute(workdir)
+        self.workdir = _absolute(workdir)
         self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
         self._async_save = async_save
         self._pending: int | None = None  # The step being saved, until its manifest is written.
@@ -251,7 +251,7 @@ def restore_raw(workdir: str) -> tuple[int, Any]:
       WorkdirError: `workdir` is a URL Orbax cannot read (check_location).
     """
     check_location(workdir, "config.init_from")
-    directory = os.path.join(files.absolute(workdir), CHECKPOINT_DIR)
+    directory = os.path.join(_absolute(workdir), CHECKPOINT_DIR)
     steps = sorted(ocp.utils.checkpoint_steps(directory)) if files.isdir(directory) else []
     if not steps:
         raise FileNotFoundError(
@@ -280,6 +280,11 @@ def restore_raw(workdir: str) -> tuple[int, Any]:
     finally:
         manager.close()
     raise _nothing_restores(directory, corrupt)
+
+
+def _absolute(workdir: str) -> str:
+    """A local workdir made absolute as every other stage output sees it (no `~` expansion); a URL unchanged."""
+    return workdir if files.is_url(workdir) else os.path.abspath(workdir)
 
 
 def check_location(workdir: str, name: str = "--workdir") -> None:
