@@ -73,10 +73,12 @@ def lexists(path: str) -> bool:
 
 
 def isdir(path: str) -> bool:
+    """Whether `path` is a directory (on an object store: a prefix other objects share)."""
     return _gfile().isdir(path) if is_url(path) else os.path.isdir(path)
 
 
 def isfile(path: str) -> bool:
+    """Whether `path` is a file (os.path.isfile for a local path: a link to a file counts)."""
     return exists(path) and not isdir(path) if is_url(path) else os.path.isfile(path)
 
 
@@ -162,11 +164,13 @@ def move(source: str, target: str) -> None:
 
 
 def read_bytes(path: str) -> bytes:
+    """The whole content of the file `path`."""
     with open_file(path, "rb") as f:
         return f.read()
 
 
 def read_text(path: str) -> str:
+    """The whole content of the UTF-8 text file `path`."""
     return read_bytes(path).decode("utf-8")
 
 
