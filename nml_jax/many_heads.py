@@ -166,7 +166,7 @@ def _split(method, config, mesh, heads, variables, curves, sizes) -> list[tuning
                 f"{bad[0]} on."
             )
         own_variables = _resize_classifier(
-            jax.tree.map(lambda x: x[h], variables), head.num_classes
+            jax.tree.map(lambda x, h=h: x[h], variables), head.num_classes
         )
         trained.append(
             tuning.TrainedHead(
