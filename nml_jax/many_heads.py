@@ -154,7 +154,7 @@ def fit_many(
 
 def _split(method, config, mesh, heads, variables, curves, sizes) -> list[tuning.TrainedHead]:
     """One TrainedHead per head from the stacked results: its slice, its classifier cut to its classes."""
-    variables = jax.device_get(variables)
+    variables = parallel.to_host(variables)
     curves = {name: np.asarray(value) for name, value in parallel.to_host(curves).items()}
     trained = []
     for h, head in enumerate(heads):
