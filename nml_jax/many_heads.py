@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nml_jax import config_lib, parallel, tuning
+from nml_jax import parallel, tuning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ def _checked(method: str, heads: Sequence[HeadData], config) -> list[tuple[np.nd
     for i, head in enumerate(heads):
         views = np.asarray(head.train_views, np.float32)
         labels = np.asarray(head.train_labels)
-        tuning._check_inputs(views, labels, head.num_classes)
+        tuning.check_inputs(views, labels, head.num_classes)
         if not isinstance(head.seed, (int, np.integer)) or isinstance(head.seed, bool):
             raise ValueError(f"heads[{i}].seed={head.seed!r} is not valid; expected an int.")
         if method == "lp":
@@ -63,12 +63,7 @@ def _checked(method: str, heads: Sequence[HeadData], config) -> list[tuple[np.nd
                 "must share the number of views V and the feature dimension D."
             )
         arrays.append((views, labels.astype(np.int32)))
-    dim = arrays[0][0].shape[2]
-    if method == "nmtune" and config.svd_top_k > min(2 * config.batch_size, dim):
-        raise config_lib.ConfigError(
-            f"config.svd_top_k={config.svd_top_k} exceeds min(2 * batch_size, feature dim) = "
-            f"{min(2 * config.batch_size, dim)}."
-        )
+    tuning.check_top_k(method, config, arrays[0][0].shape[2])
     return arrays
 
 
@@ -118,10 +113,10 @@ def fit_many(
     padded_size = -(-max(sizes) // mesh.devices.size) * mesh.devices.size
     views = np.stack([_pad_to(v, 1, padded_size) for v, _ in arrays])
     labels = np.stack([_pad_to(y, 0, padded_size) for _, y in arrays])
-    views_on_device = tuning._to_device(
+    views_on_device = tuning.to_device(
         views, NamedSharding(mesh, P(None, None, parallel.DATA_AXIS))
     )
-    labels_on_device = tuning._to_device(labels, NamedSharding(mesh, P(None, parallel.DATA_AXIS)))
+    labels_on_device = tuning.to_device(labels, NamedSharding(mesh, P(None, parallel.DATA_AXIS)))
     variables = [
         _resize_classifier(
             tuning.init_variables(tuning.make_head(method, config, c), dim, int(h.seed)),

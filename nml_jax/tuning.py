@@ -268,12 +268,13 @@ def _pad_rows(array: np.ndarray, axis: int, multiple: int) -> np.ndarray:
     return np.pad(array, widths)
 
 
-def _to_device(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+def to_device(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """A global array from a host array that every process holds in full."""
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def _check_inputs(views: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+def check_inputs(views: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    """Raises ValueError naming what is wrong with [V, N, D] views and [N] labels of `num_classes` classes."""
     if views.ndim != 3:
         raise ValueError(
             f"train_views must be [V, N, D], got shape {views.shape}; wrap one view as features[None]."
@@ -288,6 +289,15 @@ def _check_inputs(views: np.ndarray, labels: np.ndarray, num_classes: int) -> No
         )
     if not np.all(np.isfinite(views)):
         raise ValueError("train_views contains NaN or inf.")
+
+
+def check_top_k(method: str, config: ml_collections.ConfigDict, dim: int) -> None:
+    """NMTune's top-k singular values need k <= min(2B, D), the rank bound of a 2B x D batch."""
+    if method == "nmtune" and config.svd_top_k > min(2 * config.batch_size, dim):
+        raise config_lib.ConfigError(
+            f"config.svd_top_k={config.svd_top_k} exceeds min(2 * batch_size, feature dim) = "
+            f"{min(2 * config.batch_size, dim)}."
+        )
 
 
 def fit(
@@ -313,21 +323,17 @@ def fit(
     parallel.check_global_batch(config.eval_batch_size, mesh, "eval_batch_size")
     views = np.asarray(train_views, np.float32)
     labels = np.asarray(train_labels)
-    _check_inputs(views, labels, num_classes)
+    check_inputs(views, labels, num_classes)
     num_views, num_examples, dim = views.shape
-    if method == "nmtune" and config.svd_top_k > min(2 * config.batch_size, dim):
-        raise config_lib.ConfigError(
-            f"config.svd_top_k={config.svd_top_k} exceeds min(2 * batch_size, feature dim) = "
-            f"{min(2 * config.batch_size, dim)}."
-        )
+    check_top_k(method, config, dim)
     if method == "lp":
         views, num_views, online = views[:1], 1, None
 
     num_devices = mesh.devices.size
-    views_on_device = _to_device(
+    views_on_device = to_device(
         _pad_rows(views, 1, num_devices), NamedSharding(mesh, P(None, parallel.DATA_AXIS))
     )
-    labels_on_device = _to_device(
+    labels_on_device = to_device(
         _pad_rows(labels.astype(np.int32), 0, num_devices), parallel.data_sharding(mesh)
     )
 
@@ -373,7 +379,7 @@ def _online_on_device(online, mesh: Mesh) -> tuple[tuple | None, tuple]:
         return None, ()
     inputs = _pad_rows(np.asarray(online.inputs, np.float32), 0, mesh.devices.size)
     data = (
-        _to_device(inputs, NamedSharding(mesh, P(parallel.DATA_AXIS))),
+        to_device(inputs, NamedSharding(mesh, P(parallel.DATA_AXIS))),
         jax.device_put(online.variables, parallel.replicated(mesh)),
     )
     return (online.apply_fn, tuple(online.scale), bool(online.flip)), data
@@ -497,7 +503,7 @@ def predict(head: TrainedHead, features: Any, *, batch_size: int | None = None) 
     num_examples, dim = features.shape
     batches = _pad_rows(features, 0, batch_size).reshape(-1, batch_size, dim)
     sharding = NamedSharding(head.mesh, P(None, parallel.DATA_AXIS))
-    logits = _predict_batches(head.model, head.variables, _to_device(batches, sharding))
+    logits = _predict_batches(head.model, head.variables, to_device(batches, sharding))
     logits = np.asarray(parallel.to_host(logits))
     return logits.reshape(-1, logits.shape[-1])[:num_examples]
 
