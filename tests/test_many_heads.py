@@ -5,7 +5,8 @@ per head, but XLA fuses the vmapped program differently, so values differ by rou
 parameter, 5e-7 on a loss curve). One parameter amplifies round-off: the bias before BatchNorm, which BatchNorm
 cancels (true gradient 0), so Adam turns its round-off gradient into steps of up to lr (and the running mean
 follows it); tests/test_tuning.py's 8-vs-1-device comparison meets the same effect. Logits of MLP/NMTune heads
-therefore agree to 1e-3 (measured up to 6.5e-4), LP logits to 1e-5, and every prediction (argmax) is equal.
+therefore agree to 1e-3 (measured up to 6.5e-4), LP logits to 1e-5, and every prediction (argmax) is equal
+on these data; on real features a near-tie can still fall the other way (README "Performance").
 """
 
 import dataclasses
