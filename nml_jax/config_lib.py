@@ -162,6 +162,8 @@ NOT_FINGERPRINTED = (
     "feature_cache_dir",
     "feature_chunk_size",
     "feature_batch_size",
+    # Like num_devices: the same heads, up to float32 round-off (many_heads.py).
+    "heads_per_program",
 )
 
 

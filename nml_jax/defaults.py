@@ -17,6 +17,9 @@ NOISE_KINDS = ("none", "symmetric", "asymmetric", "matrix", "caption_swap")
 # NMTune/MLP views: the plain features only, a cached bank of augmented views, or two drawn at every step.
 VIEW_MODES = ("none", "bank", "online")
 DEFAULT_VIEWS = 4  # K, the bank's augmented views per training example (README: the K study).
+# Heads of one method the transfer stage trains in one program (many_heads.py); 1 = one by one. On 2 CPU cores
+# the batched program pays off for LP only (benchmarks/heads.py; README "Performance").
+HEADS_PER_PROGRAM = {"lp": 16, "mlp": 1, "nmtune": 1}
 SUITES = ("embedded", "paper_id", "domainnet_real", "domainnet_sketch", "imagenet_ood")
 FASHION_MNIST_PP = (
     "to_float|normalize(0.2860, 0.3530)"  # Mean and std of the Fashion-MNIST train pixels.
@@ -252,6 +255,8 @@ def downstream(methods=("lp",), suite: str = "embedded") -> ml_collections.Confi
     config.centering = "row"
     config.methods = tuple(methods)
     config.transfer = ml_collections.ConfigDict({m: head(m) for m in METHODS})
+    # How many heads of one method the transfer stage trains in one program (many_heads.py; 1 = one by one).
+    config.heads_per_program = ml_collections.ConfigDict(dict(HEADS_PER_PROGRAM))
     config.title = "nml-jax transfer report"
     config.overwrite = False  # Move aside results made here under other settings (else: refuse).
     return config

@@ -24,6 +24,7 @@ from nml_jax import (
     defaults,
     features,
     files,
+    many_heads,
     parallel,
     report,
     results,
@@ -57,6 +58,9 @@ def validate(config) -> None:
     for method in defaults.METHODS:
         with config_lib.nested(f"transfer.{method}"):
             tuning.validate(method, config.transfer[method])
+    for method, limit in dict(config.get("heads_per_program") or {}).items():
+        config_lib.check_choice("heads_per_program", method, defaults.METHODS)
+        config_lib.check_positive_int(f"heads_per_program.{method}", limit)
 
 
 def _same_training_set(a: features.TaskFeatures, b: features.TaskFeatures) -> bool:
@@ -68,34 +72,112 @@ def _same_training_set(a: features.TaskFeatures, b: features.TaskFeatures) -> bo
     )
 
 
+def _fit_group(method: str, group: list[features.TaskFeatures], config, mesh) -> list:
+    """The `method` heads of `group`'s training sets: `tuning.fit` for a single one, else one
+    `many_heads.fit_many` program."""
+    start = time.time()
+    if len(group) == 1:
+        t = group[0]
+        heads = [
+            tuning.fit(
+                method,
+                t.train_views,
+                t.train_labels,
+                config,
+                num_classes=t.num_classes,
+                mesh=mesh,
+                online=t.online,
+            )
+        ]
+    else:
+        heads = many_heads.fit_many(
+            method,
+            [
+                many_heads.HeadData(t.train_views, t.train_labels, t.num_classes, config.seed)
+                for t in group
+            ],
+            config,
+            mesh=mesh,
+        )
+    logging.info(
+        "%s on %s: %d head(s) in one program, %.1fs",
+        method,
+        [t.train_domain for t in group],
+        len(group),
+        time.time() - start,
+    )
+    return heads
+
+
+def head_groups(
+    method: str, training_sets: list[features.TaskFeatures], heads_per_program: int
+) -> list[list[int]]:
+    """Indices of `training_sets` in groups trained in one program: online views alone, the rest by feature
+    dimension and number of views (LP: the plain features only), largest N first, at most `heads_per_program`
+    per group, so that similar sizes share the padding."""
+    groups, shareable = [], {}
+    for i, t in enumerate(training_sets):
+        if t.online is not None or heads_per_program == 1:
+            groups.append([i])
+            continue
+        num_views = 1 if method == "lp" else t.train_views.shape[0]
+        shareable.setdefault((num_views, t.train_views.shape[2]), []).append(i)
+    for members in shareable.values():
+        members = sorted(members, key=lambda i: -training_sets[i].train_views.shape[1])
+        groups += [
+            members[k : k + heads_per_program] for k in range(0, len(members), heads_per_program)
+        ]
+    return groups
+
+
+def fit_heads(
+    task_features: list[features.TaskFeatures],
+    methods,
+    method_configs,
+    mesh=None,
+    heads_per_program=None,
+) -> dict[tuple[int, str], tuning.TrainedHead]:
+    """One head per method and distinct training set, keyed by (task index, method) for every task.
+
+    An ID task and an OOD task with the same source (e.g. MNIST-5k) share one head per method. Heads of one
+    method whose features share D (and V) are trained up to `heads_per_program[method]` at a time in one
+    program (`many_heads.fit_many`; default `defaults.HEADS_PER_PROGRAM`), each as `tuning.fit` trains it.
+    """
+    limits = {**defaults.HEADS_PER_PROGRAM, **dict(heads_per_program or {})}
+    out = {}
+    for method in methods:
+        owners: list[int] = []  # The first task of each distinct training set.
+        for i, t in enumerate(task_features):
+            if not any(_same_training_set(task_features[j], t) for j in owners):
+                owners.append(i)
+        training_sets = [task_features[i] for i in owners]
+        trained = {}
+        for group in head_groups(method, training_sets, limits[method]):
+            heads = _fit_group(
+                method, [training_sets[i] for i in group], method_configs[method], mesh
+            )
+            trained.update({owners[i]: head for i, head in zip(group, heads)})
+        for i, t in enumerate(task_features):
+            owner = next(j for j in owners if _same_training_set(task_features[j], t))
+            out[(i, method)] = trained[owner]
+    return out
+
+
 def transfer_rows(
     task_features: list[features.TaskFeatures],
     methods,
     method_configs,
     meta: dict[str, Any],
     mesh=None,
+    heads_per_program=None,
 ) -> list[results.Row]:
-    """Fits every method once per training set and scores it on every test set of the tasks trained on it.
-
-    An ID task and an OOD task with the same source (e.g. MNIST-5k) share one head per method.
-    """
+    """Fits every method once per training set (`fit_heads`) and scores it on every test set of the tasks
+    trained on it; rows in task order, then method order."""
+    heads = fit_heads(task_features, methods, method_configs, mesh, heads_per_program)
     rows = []
-    fitted: list[tuple[features.TaskFeatures, str, tuning.TrainedHead]] = []
-    for t in task_features:
+    for i, t in enumerate(task_features):
         for method in methods:
-            start = time.time()
-            head = next((h for f, m, h in fitted if m == method and _same_training_set(f, t)), None)
-            if head is None:
-                head = tuning.fit(
-                    method,
-                    t.train_views,
-                    t.train_labels,
-                    method_configs[method],
-                    num_classes=t.num_classes,
-                    mesh=mesh,
-                    online=t.online,
-                )
-                fitted.append((t, method, head))
+            head = heads[(i, method)]
             scores = {
                 d: tuning.accuracy(head, f, y, t.test_classes.get(d))
                 for d, (f, y) in t.tests.items()
@@ -113,13 +195,7 @@ def transfer_rows(
                 )
                 for domain, acc in scores.items()
             ]
-            logging.info(
-                "%s %s: %s in %.1fs",
-                t.name,
-                method,
-                {d: round(a, 4) for d, a in scores.items()},
-                time.time() - start,
-            )
+            logging.info("%s %s: %s", t.name, method, {d: round(a, 4) for d, a in scores.items()})
     return rows
 
 
@@ -199,7 +275,13 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
         logging.info("Transfer results for %s are up to date; reading them.", key)
         rows = results.read(os.path.join(workdir, RESULTS_FILE))
     else:
-        rows = transfer_rows(task_features, config.methods, config.transfer, meta)
+        rows = transfer_rows(
+            task_features,
+            config.methods,
+            config.transfer,
+            meta,
+            heads_per_program=config.get("heads_per_program"),
+        )
         if parallel.is_main_process():
             rows = results.write(os.path.join(workdir, RESULTS_FILE), rows)
             files.write_json(done_path, {"key": key, "settings": settings(config, meta)})

@@ -153,23 +153,33 @@ def online_views(
     return features[: len(indices)], features[len(indices) :]
 
 
-# A loss function maps (params, batch_stats, f_view1, f_view2, labels, mask) to
+# A loss function maps (params, batch_stats, f_view1, f_view2, labels, mask, class_mask=None) to
 # (loss, (aux terms, new batch_stats)).
 LossFn = Callable[..., tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
+
+
+def mask_classes(logits: jax.Array, class_mask: jax.Array | None) -> jax.Array:
+    """Logits with the columns of padded classes (class_mask False) set to -inf, so that they take no
+    probability and get no gradient: a head padded to more classes trains as the unpadded one."""
+    if class_mask is None:
+        return logits
+    return jnp.where(class_mask, logits, -jnp.inf)
 
 
 def make_loss_fn(method: str, model: nn.Module, config: ml_collections.ConfigDict) -> LossFn:
     """The training objective of `method` on one batch of B examples in two views.
 
     lp: CE of view 1. mlp: CE on both views (B rows each, one BatchNorm batch of 2B). nmtune: `nmtune_loss`.
+    `class_mask` [C] (optional) marks the real classes of a head padded to C classes (`mask_classes`).
     """
 
-    def lp_loss(params, batch_stats, f1, f2, labels, mask):
+    def lp_loss(params, batch_stats, f1, f2, labels, mask, class_mask=None):
         del f2
-        ce = losses.cross_entropy(model.apply({"params": params}, f1), labels, mask)
+        logits = mask_classes(model.apply({"params": params}, f1), class_mask)
+        ce = losses.cross_entropy(logits, labels, mask)
         return ce, ({"ce": ce, "loss": ce}, batch_stats)
 
-    def two_view_loss(params, batch_stats, f1, f2, labels, mask):
+    def two_view_loss(params, batch_stats, f1, f2, labels, mask, class_mask=None):
         both_mask = jnp.concatenate([mask, mask])
         (logits, z), updates = model.apply(
             {"params": params, "batch_stats": batch_stats},
@@ -178,6 +188,7 @@ def make_loss_fn(method: str, model: nn.Module, config: ml_collections.ConfigDic
             mask=both_mask,
             mutable=["batch_stats"],
         )
+        logits = mask_classes(logits, class_mask)
         if method == "mlp":
             ce = losses.cross_entropy(logits, jnp.concatenate([labels, labels]), both_mask)
             aux = {"ce": ce, "loss": ce}
@@ -198,12 +209,29 @@ def make_loss_fn(method: str, model: nn.Module, config: ml_collections.ConfigDic
     return lp_loss if method == "lp" else two_view_loss
 
 
+def cosine_schedule(lr: float, total_steps: int | jax.Array) -> optax.Schedule:
+    """lr_t = lr * (1 + cos(pi * min(t, T) / T)) / 2 (the official cosine_lr, no warmup).
+
+    T may be a traced array: heads trained together (many_heads.py) each decay over their own number of steps.
+    The float32 operations are those XLA runs for `optax.cosine_decay_schedule(lr, T)` once it has folded the
+    constants (t * (pi * (1 / T)), then (cos + 1) * (lr / 2)), so a compile-time T gives optax's values and a
+    traced T the same values bit for bit (tests/test_many_heads.py checks both).
+    """
+
+    def schedule(count):
+        total = jnp.asarray(total_steps, jnp.float32)
+        step = jnp.minimum(jnp.asarray(count).astype(jnp.float32), total)
+        angle = step * (jnp.float32(math.pi) * (1.0 / total))
+        return (jnp.cos(angle) + 1.0) * (0.5 * lr)
+
+    return schedule
+
+
 def make_optimizer(
-    config: ml_collections.ConfigDict, total_steps: int
+    config: ml_collections.ConfigDict, total_steps: int | jax.Array
 ) -> optax.GradientTransformation:
-    """AdamW with lr_t = lr * (1 + cos(pi * t / T)) / 2 per step t < T, no warmup (the official cosine_lr)."""
-    schedule = optax.cosine_decay_schedule(config.lr, decay_steps=total_steps, alpha=0.0)
-    return optax.adamw(schedule, weight_decay=config.weight_decay)
+    """AdamW with lr_t = lr * (1 + cos(pi * t / T)) / 2 per step t < T, no warmup (`cosine_schedule`)."""
+    return optax.adamw(cosine_schedule(config.lr, total_steps), weight_decay=config.weight_decay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,12 +268,13 @@ def _pad_rows(array: np.ndarray, axis: int, multiple: int) -> np.ndarray:
     return np.pad(array, widths)
 
 
-def _to_device(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+def to_device(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """A global array from a host array that every process holds in full."""
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def _check_inputs(views: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+def check_inputs(views: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    """Raises ValueError naming what is wrong with [V, N, D] views and [N] labels of `num_classes` classes."""
     if views.ndim != 3:
         raise ValueError(
             f"train_views must be [V, N, D], got shape {views.shape}; wrap one view as features[None]."
@@ -260,6 +289,15 @@ def _check_inputs(views: np.ndarray, labels: np.ndarray, num_classes: int) -> No
         )
     if not np.all(np.isfinite(views)):
         raise ValueError("train_views contains NaN or inf.")
+
+
+def check_top_k(method: str, config: ml_collections.ConfigDict, dim: int) -> None:
+    """NMTune's top-k singular values need k <= min(2B, D), the rank bound of a 2B x D batch."""
+    if method == "nmtune" and config.svd_top_k > min(2 * config.batch_size, dim):
+        raise config_lib.ConfigError(
+            f"config.svd_top_k={config.svd_top_k} exceeds min(2 * batch_size, feature dim) = "
+            f"{min(2 * config.batch_size, dim)}."
+        )
 
 
 def fit(
@@ -285,21 +323,17 @@ def fit(
     parallel.check_global_batch(config.eval_batch_size, mesh, "eval_batch_size")
     views = np.asarray(train_views, np.float32)
     labels = np.asarray(train_labels)
-    _check_inputs(views, labels, num_classes)
+    check_inputs(views, labels, num_classes)
     num_views, num_examples, dim = views.shape
-    if method == "nmtune" and config.svd_top_k > min(2 * config.batch_size, dim):
-        raise config_lib.ConfigError(
-            f"config.svd_top_k={config.svd_top_k} exceeds min(2 * batch_size, feature dim) = "
-            f"{min(2 * config.batch_size, dim)}."
-        )
+    check_top_k(method, config, dim)
     if method == "lp":
         views, num_views, online = views[:1], 1, None
 
     num_devices = mesh.devices.size
-    views_on_device = _to_device(
+    views_on_device = to_device(
         _pad_rows(views, 1, num_devices), NamedSharding(mesh, P(None, parallel.DATA_AXIS))
     )
-    labels_on_device = _to_device(
+    labels_on_device = to_device(
         _pad_rows(labels.astype(np.int32), 0, num_devices), parallel.data_sharding(mesh)
     )
 
@@ -345,7 +379,7 @@ def _online_on_device(online, mesh: Mesh) -> tuple[tuple | None, tuple]:
         return None, ()
     inputs = _pad_rows(np.asarray(online.inputs, np.float32), 0, mesh.devices.size)
     data = (
-        _to_device(inputs, NamedSharding(mesh, P(parallel.DATA_AXIS))),
+        to_device(inputs, NamedSharding(mesh, P(parallel.DATA_AXIS))),
         jax.device_put(online.variables, parallel.replicated(mesh)),
     )
     return (online.apply_fn, tuple(online.scale), bool(online.flip)), data
@@ -354,6 +388,50 @@ def _online_on_device(online, mesh: Mesh) -> tuple[tuple | None, tuple]:
 def settings_key(config: ml_collections.ConfigDict) -> tuple:
     """The config as a hashable key for the compiled-program cache; the seed is a runtime input instead."""
     return tuple(sorted((k, v) for k, v in config.to_dict().items() if k != "seed"))
+
+
+def make_train_step(
+    method: str,
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    mesh: Mesh,
+    *,
+    num_views: int,
+    online: tuple | None = None,
+) -> Callable[..., tuple[tuple[Any, Any], dict[str, jax.Array]]]:
+    """One optimizer step of one head: step(carry, batch, views, labels, seed, online_data, total_steps,
+    class_mask=None) -> (carry, aux terms), with carry = (variables, optimizer state) and batch = (indices [B],
+    mask [B], global step).
+
+    `total_steps` (the cosine schedule's T) and `class_mask` may be traced, so `fit` and `many_heads.fit_many`
+    (which vmaps this step over heads of different sizes) run the same step.
+    """
+    loss_fn = make_loss_fn(method, model, config)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    batch_size = config.batch_size
+    batch_sharding = parallel.data_sharding(mesh)
+
+    def train_step(carry, batch, views, labels, seed, online_data, total_steps, class_mask=None):
+        variables, opt_state = carry
+        indices, mask, step = batch
+        if online is None:
+            first, second = draw_views(seed, step, num_views, batch_size)
+            f1, f2 = views[first, indices], views[second, indices]
+        else:
+            f1, f2 = online_views(online, online_data, seed, step, indices)
+        f1, f2, y, mask = jax.lax.with_sharding_constraint(
+            (f1, f2, labels[indices], mask), batch_sharding
+        )
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
+        (_, (aux, batch_stats)), grads = grad_fn(params, batch_stats, f1, f2, y, mask, class_mask)
+        optimizer = make_optimizer(config, total_steps)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        variables = {**variables, "params": optax.apply_updates(params, updates)}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+        return (variables, opt_state), aux
+
+    return train_step
 
 
 @functools.lru_cache(maxsize=64)
@@ -375,35 +453,19 @@ def train_program(
     """
     config = ml_collections.ConfigDict(dict(settings))
     model = make_head(method, config, num_classes)
-    loss_fn = make_loss_fn(method, model, config)
     epochs, batch_size = config.epochs, config.batch_size
     num_steps = steps_per_epoch(num_examples, batch_size)
     optimizer = make_optimizer(config, epochs * num_steps)
-    batch_sharding = parallel.data_sharding(mesh)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def train_step(carry, batch, views, labels, seed, online_data):
-        variables, opt_state = carry
-        indices, mask, step = batch
-        if online is None:
-            first, second = draw_views(seed, step, num_views, batch_size)
-            f1, f2 = views[first, indices], views[second, indices]
-        else:
-            f1, f2 = online_views(online, online_data, seed, step, indices)
-        f1, f2, y, mask = jax.lax.with_sharding_constraint(
-            (f1, f2, labels[indices], mask), batch_sharding
-        )
-        params, batch_stats = variables["params"], variables.get("batch_stats", {})
-        (_, (aux, batch_stats)), grads = grad_fn(params, batch_stats, f1, f2, y, mask)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        variables = {**variables, "params": optax.apply_updates(params, updates)}
-        if batch_stats:
-            variables["batch_stats"] = batch_stats
-        return (variables, opt_state), aux
+    train_step = make_train_step(method, config, model, mesh, num_views=num_views, online=online)
 
     def train(variables, views, labels, seed, online_data):
         step_fn = functools.partial(
-            train_step, views=views, labels=labels, seed=seed, online_data=online_data
+            train_step,
+            views=views,
+            labels=labels,
+            seed=seed,
+            online_data=online_data,
+            total_steps=epochs * num_steps,
         )
 
         def epoch_fn(carry, epoch):
@@ -441,7 +503,7 @@ def predict(head: TrainedHead, features: Any, *, batch_size: int | None = None) 
     num_examples, dim = features.shape
     batches = _pad_rows(features, 0, batch_size).reshape(-1, batch_size, dim)
     sharding = NamedSharding(head.mesh, P(None, parallel.DATA_AXIS))
-    logits = _predict_batches(head.model, head.variables, _to_device(batches, sharding))
+    logits = _predict_batches(head.model, head.variables, to_device(batches, sharding))
     logits = np.asarray(parallel.to_host(logits))
     return logits.reshape(-1, logits.shape[-1])[:num_examples]
 

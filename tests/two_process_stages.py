@@ -52,6 +52,8 @@ def downstream_stage(stage, pretrained):
     config = probe_config.get_config("methods=nmtune")
     config.update(stage=stage, suite=SUITE, pretrained=pretrained)
     config.views.count = 2
+    # Both training sets' heads in one program (many_heads.fit_many) across the processes.
+    config.heads_per_program.nmtune = 2
     for method in config.methods:
         config.transfer[method].update(epochs=2, batch_size=32, eval_batch_size=64)
     return config
