@@ -479,7 +479,9 @@ def train_program(
         return variables, curves
 
     replicated = parallel.replicated(mesh)
-    return jax.jit(train, out_shardings=(replicated, replicated))
+    # The online views run the (conv-net) encoder every step: compile as its own programs are.
+    options = parallel.conv_net_options() if online is not None else {}
+    return jax.jit(train, out_shardings=(replicated, replicated), compiler_options=options)
 
 
 def logits_fn(model: nn.Module, variables: Any, features: jax.Array) -> jax.Array:
