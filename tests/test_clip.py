@@ -276,6 +276,50 @@ def test_streamed_pairs_resume_skips_earlier_shards(tmp_path):
         np.testing.assert_array_equal(resumed[key], straight[13][key])
 
 
+def test_shard_counts_noise_and_tokenizer_are_made_once(tmp_path, monkeypatch):
+    """With two processes, process 0 counts the records, makes the within-shard swaps and trains the BPE on the
+    first `tokenizer_texts` captions; process 1 counts nothing, reads no caption, waits at the barriers and
+    reads the three files from the shared workdir."""
+    from jax.experimental import multihost_utils
+
+    images = data.load("nml_fashion_mnist", "test[:30]")["image"]
+    texts = [f"a photo number {i}" for i in range(30)]
+    captions.write_shards(str(tmp_path / "pairs"), images, texts, num_shards=3)
+    config = clip_yfcc15m.get_config("noise=0.2")
+    config.shards = str(tmp_path / "pairs-*.tfrecord")
+    config.tokenizer_texts = 12
+    workdir = str(tmp_path / "work")
+    barriers, trained_on = [], []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", barriers.append)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    train = tokenizer.train
+    monkeypatch.setattr(
+        tokenizer, "train", lambda t, v: train(trained_on.extend(t) or trained_on, v)
+    )
+    made, tok = clip_pretrain.build_pairs(config, workdir)
+    assert trained_on == texts[:12]
+    assert made["counts"] == [10, 10, 10] and int(made["is_noisy"].sum()) == 6
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("process 1 read the shards")
+
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(captions, "count_records", no_reading)
+    monkeypatch.setattr(captions, "first_captions", no_reading)
+    read, tok_1 = clip_pretrain.build_pairs(config, workdir)
+    assert barriers == ["nml_jax_clip_shards", "nml_jax_noise", "nml_jax_clip_tokenizer"] * 2
+    assert read["counts"] == made["counts"] and read["files"] == made["files"]
+    np.testing.assert_array_equal(read["caption_index"], made["caption_index"])
+    np.testing.assert_array_equal(tok_1.encode(texts, 8), tok.encode(texts, 8))
+    # Another shard layout under the same workdir is refused, not silently mismatched.
+    captions.write_shards(str(tmp_path / "pairs"), images[:20], texts[:20], num_shards=3)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    monkeypatch.setattr(captions, "count_records", lambda files: [7, 7, 6])
+    with pytest.raises(Exception, match="other numbers of records"):
+        clip_pretrain.build_pairs(config, workdir)
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     config = tiny_config(train_split="train[:2048]", total_steps=96, log_every_steps=16)

@@ -53,7 +53,8 @@ TRAIN_TEMPLATES = (
 )
 ZERO_SHOT_TEMPLATES = ("a photo of a {name}.", "a picture of a {name}.", "an image of the {name}.")
 
-SHARDS_FILE = "shards.json"  # {'files': [...], 'counts': [...]}: records per shard, counted once by process 0.
+# {'files', 'bytes', 'counts'}: records per shard, counted once by process 0 (recounted when a size changes).
+SHARDS_FILE = "shards.json"
 TFRECORD_FEATURES = {
     "jpg": tf.io.FixedLenFeature([], tf.string),
     "txt": tf.io.FixedLenFeature([], tf.string),
@@ -158,19 +159,25 @@ def count_records(files: Sequence[str]) -> list[int]:
     ]
 
 
+def _listing(files: Sequence[str]) -> dict[str, list]:
+    """The shard files with their sizes in bytes (one stat each), what shards.json's counts belong to."""
+    return {"files": list(files), "bytes": [int(tf.io.gfile.stat(f).length) for f in files]}
+
+
 def load_or_count(workdir: str, files: Sequence[str]) -> list[int]:
-    """The record counts of `files`, from `<workdir>/shards.json` when it lists the same files, else counted
-    and written there (call it in process 0; the others read the file with `read_counts`)."""
+    """The record counts of `files`, from `<workdir>/shards.json` when it lists the same files of the same sizes,
+    else counted and written there (call it in process 0; the others read the file with `read_counts`)."""
     path = os.path.join(workdir, SHARDS_FILE)
+    listing = _listing(files)
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        if saved["files"] == list(files):
+        if {k: saved.get(k) for k in listing} == listing:
             return saved["counts"]
     counts = count_records(files)
     os.makedirs(workdir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        json.dump({"files": list(files), "counts": counts}, f)
+        json.dump({**listing, "counts": counts}, f)
     os.replace(path + ".tmp", path)
     return counts
 
