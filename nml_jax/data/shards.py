@@ -4,8 +4,9 @@ A process streams its own pieces; a piece is a run of consecutive records of one
 or the records a TFDS file instruction selects). Epoch e of process p is, deterministically:
   1. its pieces in the order of a permutation drawn from (seed, p, e);
   2. cut into blocks of `pieces_per_block` consecutive pieces (about `block_size` records, at least one piece);
-  3. every block read sequentially and permuted fully: a shuffle buffer that holds the whole block, seeded by
-     (seed, p, e, block), so the permutation depends on nothing read before the block.
+  3. every block read sequentially into one element and permuted fully by a stateless shuffle seeded by
+     (seed, p, e, block), so the permutation depends on nothing read before the block (records must have fixed
+     shapes to be batched: undecoded images are scalar strings).
 The process's sequence is epoch 0, epoch 1, ...; position q lies in epoch q // size at offset q % size, which
 `locate` maps to (block, records of the block before q) from the record counts alone. A stream started at q
 therefore opens only that block's pieces and those after it (the pieces of earlier blocks are never opened) and
@@ -40,10 +41,9 @@ def epoch_blocks(
     return [order[i : i + per_block] for i in range(0, num_pieces, per_block)]
 
 
-def block_seed(seed: int, process: int, epoch: int, block: int) -> int:
-    """The shuffle seed (a non-negative int64) of one block."""
-    state = np.random.SeedSequence([seed, process, epoch, block]).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))
+def block_seed(seed: int, process: int, epoch: int, block: int) -> np.ndarray:
+    """The stateless shuffle seed (int64 [2]) of one block."""
+    return np.random.SeedSequence([seed, process, epoch, block]).generate_state(2).astype(np.int64)
 
 
 def locate(
@@ -67,7 +67,7 @@ def locate(
 
 def _block_ids(
     num_pieces: int, per_block: int, seed: int, process: int, first: tuple[int, int]
-) -> Iterator[tuple[np.ndarray, int]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(piece ids, shuffle seed) of every block from block first[1] of epoch first[0] on, forever."""
     for epoch in itertools.count(first[0]):
         for block, ids in enumerate(epoch_blocks(num_pieces, per_block, seed, process, epoch)):
@@ -102,20 +102,24 @@ def stream(
     per_block = pieces_per_block(counts, block_size)
     epoch, block, skip = locate(counts, per_block, seed, process, start)
     table = {k: tf.constant(np.asarray(v)) for k, v in pieces.items()}
-    # A buffer that holds the largest possible block, so every block is permuted as a whole.
+    # The largest possible block: batched at this size, every block is one element.
     capacity = int(np.sort(counts)[::-1][:per_block].sum())
     blocks = tf.data.Dataset.from_generator(
         lambda: _block_ids(len(counts), per_block, seed, process, (epoch, block)),
-        output_signature=(tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int64)),
+        output_signature=(tf.TensorSpec([None], tf.int64), tf.TensorSpec([2], tf.int64)),
     )
+
+    def permute(records, shuffle_seed):
+        n = tf.shape(tf.nest.flatten(records)[0], out_type=tf.int64)[0]
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=shuffle_seed)
+        return tf.nest.map_structure(lambda v: tf.gather(v, order), records)
 
     def read_block(ids, shuffle_seed):
         chosen = tf.data.Dataset.from_tensor_slices(
             {k: tf.gather(v, ids) for k, v in table.items()}
         )
-        return chosen.flat_map(read_piece).shuffle(
-            capacity, seed=shuffle_seed, reshuffle_each_iteration=False
-        )
+        whole = chosen.flat_map(read_piece).batch(capacity)
+        return whole.map(lambda records: permute(records, shuffle_seed)).unbatch()
 
     records = blocks.flat_map(read_block).skip(skip).enumerate(start=start)
     return records.map(lambda position, record: {**record, POSITION: position})
