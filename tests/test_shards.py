@@ -28,7 +28,7 @@ def _write(tmp_path, counts):
 def _read_piece(piece):
     spec = {"v": tf.io.FixedLenFeature([], tf.int64)}
     records = tf.data.TFRecordDataset(piece["path"]).skip(piece["skip"]).take(piece["count"])
-    return records.map(lambda r: tf.io.parse_single_example(r, spec))
+    return records.batch(piece["count"]).map(lambda r: tf.io.parse_example(r, spec))
 
 
 def _values(ds, n):
@@ -103,3 +103,10 @@ def test_locate_and_bad_input():
         shards.locate(counts, 1, 0, 0, -1)
     with pytest.raises(ValueError, match="no records"):
         shards.locate(np.array([0, 0]), 1, 0, 0, 0)
+
+
+def test_empty_pieces_are_skipped(tmp_path):
+    paths = _write(tmp_path, [3, 0, 2])
+    pieces = {"path": np.array(paths), "skip": np.zeros(3, np.int64), "count": np.array([3, 0, 2])}
+    values = _values(shards.stream(pieces, _read_piece, block_size=2, seed=0, process=0), 10)
+    assert sorted(v for v, _ in values[:5]) == sorted(v for v, _ in values[5:]) == [0, 1, 2, 3, 4]

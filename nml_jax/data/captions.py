@@ -213,7 +213,7 @@ def first_captions(files: Sequence[str], limit: int | None) -> Iterator[str]:
 def _shard_reader(
     tokenize: Callable[[list[str]], np.ndarray], local_index: np.ndarray, is_noisy: np.ndarray
 ) -> Callable[[dict[str, tf.Tensor]], tf.data.Dataset]:
-    """piece -> its records {'image' (undecoded), 'tokens', 'is_noisy', 'index'}, one read of the shard.
+    """piece -> its records {'image' (undecoded), 'tokens', 'is_noisy', 'index'} batched, one read of the shard.
 
     The shard's captions are tokenized together, and record i gets the tokens of record local_index[i] of the
     same shard (`local_index` and `is_noisy` are this process's shards' entries, concatenated in shard order;
@@ -244,12 +244,11 @@ def _shard_reader(
         }
 
     def read(piece):
-        records = tf.data.TFRecordDataset(piece["path"]).map(
-            lambda r: tf.io.parse_single_example(r, TFRECORD_FEATURES)
-        )
         # The whole shard as one element (a shuffle block holds at least a shard anyway).
-        whole = records.batch(piece["count"])
-        return whole.map(lambda batch: attach(piece, batch)).unbatch()
+        whole = tf.data.TFRecordDataset(piece["path"]).batch(piece["count"])
+        return whole.map(
+            lambda serialized: attach(piece, tf.io.parse_example(serialized, TFRECORD_FEATURES))
+        )
 
     return read
 

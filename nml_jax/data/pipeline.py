@@ -297,7 +297,10 @@ def stream_train(
             return example
 
         records = tf.data.TFRecordDataset(piece["path"]).skip(piece["skip"]).take(piece["count"])
-        return records.enumerate().map(parse)
+        parsed = records.enumerate().map(
+            parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        return parsed.batch(piece["count"])
 
     process_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
     ds = shards.stream(

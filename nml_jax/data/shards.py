@@ -5,8 +5,8 @@ or the records a TFDS file instruction selects). Epoch e of process p is, determ
   1. its pieces in the order of a permutation drawn from (seed, p, e);
   2. cut into blocks of `pieces_per_block` consecutive pieces (about `block_size` records, at least one piece);
   3. every block read sequentially into one element and permuted fully by a stateless shuffle seeded by
-     (seed, p, e, block), so the permutation depends on nothing read before the block (records must have fixed
-     shapes to be batched: undecoded images are scalar strings).
+     (seed, p, e, block), so the permutation depends on nothing read before the block.
+The orders are TensorFlow's stateless ops, run by the same code inside tf.data and (for `locate`) in Python.
 The process's sequence is epoch 0, epoch 1, ...; position q lies in epoch q // size at offset q % size, which
 `locate` maps to (block, records of the block before q) from the record counts alone. A stream started at q
 therefore opens only that block's pieces and those after it (the pieces of earlier blocks are never opened) and
@@ -16,13 +16,13 @@ the start. Every record gets its `position` in the process's sequence, which see
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
 POSITION = "position"
+_MAX_BLOCKS = 2**62
 
 
 def pieces_per_block(counts: np.ndarray, block_size: int) -> int:
@@ -33,17 +33,33 @@ def pieces_per_block(counts: np.ndarray, block_size: int) -> int:
     return max(1, round(block_size / max(mean, 1.0)))
 
 
+def _base_seeds(seed: int, process: int) -> tuple[np.ndarray, np.ndarray]:
+    """(piece-order seed, block-shuffle seed), int64 [2] each, of one process's stream."""
+    state = np.random.SeedSequence([seed, process]).generate_state(4).astype(np.int64)
+    return state[:2], state[2:]
+
+
+def _fold(base: np.ndarray, *data: tf.Tensor) -> tf.Tensor:
+    """A stateless seed [2] from `base` and int64 scalars (the same op in Python and inside tf.data)."""
+    out = tf.constant(base, tf.int64)
+    for value in data:
+        out = tf.random.experimental.stateless_fold_in(out, tf.cast(value, tf.int64))
+    return out
+
+
+def _epoch_order(num_pieces: int, order_seed: np.ndarray, epoch: tf.Tensor) -> tf.Tensor:
+    """The piece order of `epoch`: a stateless permutation of range(num_pieces)."""
+    pieces = tf.range(num_pieces, dtype=tf.int64)
+    return tf.random.experimental.stateless_shuffle(pieces, seed=_fold(order_seed, epoch))
+
+
 def epoch_blocks(
     num_pieces: int, per_block: int, seed: int, process: int, epoch: int
 ) -> list[np.ndarray]:
-    """The piece ids of each block of `epoch`: a permutation seeded by (seed, process, epoch), cut in order."""
-    order = np.random.default_rng([seed, process, epoch]).permutation(num_pieces)
+    """The piece ids of each block of `epoch`: the epoch's piece order (seed, process, epoch), cut in order."""
+    order = _epoch_order(num_pieces, _base_seeds(seed, process)[0], tf.constant(epoch, tf.int64))
+    order = order.numpy()
     return [order[i : i + per_block] for i in range(0, num_pieces, per_block)]
-
-
-def block_seed(seed: int, process: int, epoch: int, block: int) -> np.ndarray:
-    """The stateless shuffle seed (int64 [2]) of one block."""
-    return np.random.SeedSequence([seed, process, epoch, block]).generate_state(2).astype(np.int64)
 
 
 def locate(
@@ -65,16 +81,6 @@ def locate(
     return epoch, block, offset - int(ends[block] - sizes[block])
 
 
-def _block_ids(
-    num_pieces: int, per_block: int, seed: int, process: int, first: tuple[int, int]
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(piece ids, shuffle seed) of every block from block first[1] of epoch first[0] on, forever."""
-    for epoch in itertools.count(first[0]):
-        for block, ids in enumerate(epoch_blocks(num_pieces, per_block, seed, process, epoch)):
-            if (epoch, block) >= first:
-                yield ids.astype(np.int64), block_seed(seed, process, epoch, block)
-
-
 def stream(
     pieces: dict[str, np.ndarray],
     read_piece: Callable[[dict[str, tf.Tensor]], tf.data.Dataset],
@@ -89,8 +95,9 @@ def stream(
     Args:
       pieces: equal-length arrays, one entry per piece; `count` (records per piece) is required, the rest
         (paths, offsets, ...) is whatever `read_piece` needs.
-      read_piece: maps one piece (a dict of scalar tensors) to the dataset of its records (dicts), in file order.
-        It must yield exactly `count` records.
+      read_piece: maps one piece (a dict of scalar tensors) to a dataset of ONE element: its `count` records
+        in file order, batched (a dict of [count, ...] tensors; records of one piece may share work, e.g. one
+        tokenizer call per shard).
       block_size: about how many records a block (the unit of shuffling) holds.
       seed, process: the stream's seed and the process index (different processes get different orders).
       start: the first position to yield (a resumed run passes steps done * per-process batch).
@@ -98,28 +105,34 @@ def stream(
     Returns:
       An infinite dataset of the records, each with an int64 `position`.
     """
+    nonempty = np.asarray(pieces["count"]) > 0  # An empty shard would make an empty batch.
+    pieces = {k: np.asarray(v)[nonempty] for k, v in pieces.items()}
     counts = np.asarray(pieces["count"], np.int64)
     per_block = pieces_per_block(counts, block_size)
-    epoch, block, skip = locate(counts, per_block, seed, process, start)
+    first_epoch, first_block, skip = locate(counts, per_block, seed, process, start)
     table = {k: tf.constant(np.asarray(v)) for k, v in pieces.items()}
-    # The largest possible block: batched at this size, every block is one element.
-    capacity = int(np.sort(counts)[::-1][:per_block].sum())
-    blocks = tf.data.Dataset.from_generator(
-        lambda: _block_ids(len(counts), per_block, seed, process, (epoch, block)),
-        output_signature=(tf.TensorSpec([None], tf.int64), tf.TensorSpec([2], tf.int64)),
-    )
+    order_seed, shuffle_seed = _base_seeds(seed, process)
+    per_epoch = -(-len(counts) // per_block)
 
-    def permute(records, shuffle_seed):
+    def permute(pieces_of_block, block_seed):
+        # [pieces, (records), ...] -> [records of the block, ...], then one stateless permutation of them.
+        records = tf.nest.map_structure(lambda v: v.values, pieces_of_block)
         n = tf.shape(tf.nest.flatten(records)[0], out_type=tf.int64)[0]
-        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=shuffle_seed)
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=block_seed)
         return tf.nest.map_structure(lambda v: tf.gather(v, order), records)
 
-    def read_block(ids, shuffle_seed):
+    def read_block(number):
+        # Block `number` of the whole sequence: block number % per_epoch of epoch number // per_epoch.
+        epoch, block = number // per_epoch, number % per_epoch
+        ids = _epoch_order(len(counts), order_seed, epoch)[block * per_block :][:per_block]
         chosen = tf.data.Dataset.from_tensor_slices(
             {k: tf.gather(v, ids) for k, v in table.items()}
         )
-        whole = chosen.flat_map(read_piece).batch(capacity)
-        return whole.map(lambda records: permute(records, shuffle_seed)).unbatch()
+        # A block has at most per_block pieces: one ragged batch holds them all.
+        whole = chosen.flat_map(read_piece).ragged_batch(per_block)
+        return whole.map(lambda records: permute(records, _fold(shuffle_seed, epoch, block)))
 
-    records = blocks.flat_map(read_block).skip(skip).enumerate(start=start)
+    # prefetch(1): the next block is read (and, for captions, tokenized) while this one is consumed.
+    blocks = tf.data.Dataset.range(first_epoch * per_epoch + first_block, _MAX_BLOCKS)
+    records = blocks.flat_map(read_block).prefetch(1).unbatch().skip(skip).enumerate(start=start)
     return records.map(lambda position, record: {**record, POSITION: position})
