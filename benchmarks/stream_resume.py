@@ -11,14 +11,13 @@ only the shards of its block.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
+from benchmarks import common
 from nml_jax import defaults, noise, tokenizer
 from nml_jax.data import captions
 
@@ -62,15 +61,17 @@ def epoch_seconds(files, counts, steps: int, common: dict) -> float:
     return time.perf_counter() - start
 
 
-def main(argv: list[str]) -> None:
-    num_shards, per_shard, batch = (10 if "--quick" in argv else 40), 500, 100
-    with tempfile.TemporaryDirectory() as directory:
+def main() -> None:
+    args = common.parser(__doc__.splitlines()[0]).parse_args()
+    machine = common.machine()
+    num_shards, per_shard, batch = (10 if args.quick else 40), 500, 100
+    with tempfile.TemporaryDirectory(prefix="nml_resume_") as directory:
         files = write(directory, num_shards, per_shard)
         counts = captions.count_records(files)
         n = sum(counts)
         record = noise.make_caption_noise(n, defaults.noise_block("caption_swap", 0.1, 0), counts)
         tok = tokenizer.train(captions.first_captions(files, 2000), vocab_size=1000)
-        common = dict(
+        common_args = dict(
             caption_index=record["caption_index"],
             is_noisy=record["is_noisy"],
             tokenize=lambda t: tok.encode(t, 32),
@@ -82,18 +83,20 @@ def main(argv: list[str]) -> None:
             process_count=1,
         )
         late = 3 * n // batch + n // (2 * batch)  # Half-way through epoch 3.
-        first_batch_seconds(files, counts, 0, common)  # Warm-up: tracing, file cache.
+        first_batch_seconds(files, counts, 0, common_args)  # Warm-up: tracing, file cache.
         result = {
             "pairs": n,
             "shards": num_shards,
             "resume_step": late,
             "records_before_resume_point": late * batch,
-            "first_batch_s_step_0": round(first_batch_seconds(files, counts, 0, common), 3),
-            "first_batch_s_resumed": round(first_batch_seconds(files, counts, late, common), 3),
-            "one_epoch_s": round(epoch_seconds(files, counts, n // batch, common), 3),
+            "first_batch_s_step_0": round(first_batch_seconds(files, counts, 0, common_args), 3),
+            "first_batch_s_resumed": round(
+                first_batch_seconds(files, counts, late, common_args), 3
+            ),
+            "one_epoch_s": round(epoch_seconds(files, counts, n // batch, common_args), 3),
         }
-    print(json.dumps(result))
+    common.report("stream_resume", machine, [result])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
