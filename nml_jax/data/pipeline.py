@@ -193,31 +193,25 @@ def _even_sizes(n: int, count: int) -> list[int]:
     return [n // count + (i < n % count) for i in range(count)]
 
 
-def _stream_part(name, split, data_dir, index, count, label_table):
-    """(this process's examples with their `index` in the whole split, sizes of all parts)."""
+def _stream_part(name, split, data_dir, index, count):
+    """(this process's examples with their `index` in the whole split, sizes of all parts), in file order."""
     builder = data_lib.builder(name, data_dir)
     n = builder.info.splits[split].num_examples
     sizes = _even_sizes(n, count)
     offset = sum(sizes[:index])
     decoders = None
     if isinstance(builder.info.features["image"], tfds.features.Image):
-        # Undecoded JPEG/PNG bytes: a pp `decode...` op decodes them, so skipping on resume stays cheap.
+        # Undecoded JPEG/PNG bytes: a pp `decode...` op decodes them.
         decoders = {"image": tfds.decode.SkipDecoding()}
     part = tfds.even_splits(split, n=count)[index]
     ds = builder.as_dataset(
         split=part, shuffle_files=False, read_config=data_lib.READ_CONFIG, decoders=decoders
     )
-    table = None if label_table is None else tf.constant(np.asarray(label_table))
-    if table is not None and len(label_table) != n:
-        raise ValueError(
-            f"label_table has {len(label_table)} entries; {name}/{split} has {n} examples."
-        )
 
     def with_index(i, example):
         example = dict(example)
         example["index"] = i + offset
-        label = example["label"] if table is None else tf.gather(table, example["index"])
-        example["label"] = tf.cast(label, tf.int32)
+        example["label"] = tf.cast(example["label"], tf.int32)
         return example
 
     return ds.enumerate().map(with_index), sizes
@@ -336,7 +330,7 @@ def stream_eval(
     The preprocessed examples need fully defined shapes (the padding is built from them).
     """
     index, count, local = _processes(process_index, process_count, global_batch)
-    ds, sizes = _stream_part(name, split, data_dir, index, count, None)
+    ds, sizes = _stream_part(name, split, data_dir, index, count)
     num_batches = -(-max(sizes) // local)
     ds = _apply_pp(ds.map(lambda ex: {**ex, preprocess.SEED_KEY: _aug_seeds(0, ex["index"])}), pp)
     ds = ds.map(lambda ex: {**ex, "mask": tf.constant(1.0)})
