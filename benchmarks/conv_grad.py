@@ -3,7 +3,8 @@
 For the conv layers of the small CNN (28 px) and ResNet-18 (small stem, 32 px), times the forward pass, lax's
 input-gradient, lax's kernel-gradient, `layers.kernel_gradient`, and a whole forward + backward step of
 `nn.Conv` vs `layers.Conv` (both gradients). `speedup` > 1 means `layers.Conv` is faster. This is the
-measurement that decides whether the models should use `layers.Conv` (they do not: see the README).
+measurement that decides whether the models should use `layers.Conv` (they do not: see the README). Every
+program is compiled with `parallel.conv_net_options()`, as the models' programs are.
 
     python -m benchmarks.conv_grad [--quick]
 """
@@ -18,6 +19,7 @@ from jax import lax
 
 from benchmarks import common
 from benchmarks import fast_conv as layers
+from nml_jax import parallel
 
 # (name, batch, spatial size, in channels, out channels, kernel, stride).
 LAYERS = (
@@ -33,6 +35,10 @@ LAYERS = (
 )
 QUICK = ("cnn.conv2", "resnet18.stage1", "resnet18.stage3")
 _DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _jit(fn):
+    return jax.jit(fn, compiler_options=parallel.conv_net_options())
 
 
 def measure_layer(name, batch, size, c_in, c_out, kernel, stride, repeats):
@@ -52,15 +58,13 @@ def measure_layer(name, batch, size, c_in, c_out, kernel, stride, repeats):
     g = jnp.ones_like(conv(x, k))
 
     def step(module):
-        return jax.jit(
-            jax.grad(lambda p, x: jnp.sum(jnp.square(module.apply(p, x))), argnums=(0, 1))
-        )
+        return _jit(jax.grad(lambda p, x: jnp.sum(jnp.square(module.apply(p, x))), argnums=(0, 1)))
 
     fns = {
-        "forward": jax.jit(conv),
-        "lax_input_grad": jax.jit(lambda x, k: jax.vjp(lambda v: conv(v, k), x)[1](g)[0]),
-        "lax_kernel_grad": jax.jit(lambda x, k: jax.vjp(lambda w: conv(x, w), k)[1](g)[0]),
-        "matmul_kernel_grad": jax.jit(
+        "forward": _jit(conv),
+        "lax_input_grad": _jit(lambda x, k: jax.vjp(lambda v: conv(v, k), x)[1](g)[0]),
+        "lax_kernel_grad": _jit(lambda x, k: jax.vjp(lambda w: conv(x, w), k)[1](g)[0]),
+        "matmul_kernel_grad": _jit(
             lambda x, k: layers.kernel_gradient(x, g, (kernel, kernel), strides, pads)
         ),
     }

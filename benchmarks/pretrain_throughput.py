@@ -28,8 +28,16 @@ QUICK_CPU = {"cnn": (64,), "resnet18": (32,), "resnet50": (8,)}
 QUICK_CPU_IMAGE = {"resnet50": (64, 64, 3)}
 
 
-def make_step(model_name: str, model_kwargs: dict, dtype: str, image_shape, batch_size: int):
-    """(train_step, state, batch) for one case, built from configs/pretrain.py and nml_jax.pretrain."""
+def make_step(
+    model_name: str,
+    model_kwargs: dict,
+    dtype: str,
+    image_shape,
+    batch_size: int,
+    compiler_options: dict | None = None,
+):
+    """(train_step, state, batch) for one case, built from configs/pretrain.py and nml_jax.pretrain; compiled
+    with `compiler_options` (default: `parallel.conv_net_options()`, as `pretrain.train` does)."""
     config = common.load_config("pretrain.py", f"model={model_name}")
     config.model.update({"dtype": dtype, **model_kwargs})
     num_classes = 10 if model_name != "resnet50" else 1000
@@ -52,6 +60,9 @@ def make_step(model_name: str, model_kwargs: dict, dtype: str, image_shape, batc
         in_shardings=(shardings, parallel.data_sharding(mesh)),
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=0,
+        compiler_options=parallel.conv_net_options()
+        if compiler_options is None
+        else compiler_options,
     )
     data_rng = np.random.default_rng(0)
     labels = data_rng.integers(0, num_classes, batch_size).astype(np.int32)

@@ -6,8 +6,8 @@
 (b) NMTune with the paper's augmented views: the wall time of 30 epochs on N examples (default N = 2,000 and
     5,000), feature passes included, for two frozen encoders with random-init weights (the times do not depend
     on the weights): the small CNN (28x28x1, D = 128) and ResNet-18 with the small stem (32x32x3, D = 512;
-    `models.get('resnet18', stem='small')`, and `TorchResNet18` below, the same architecture). Every way
-    trains the same NMTune head (Linear D->4D, BatchNorm, ReLU, Linear 4D->D, residual scale, classifier;
+    `models.get('resnet18', stem='small')`, and `torch_models.TorchResNet(18, stem='small')`, the same
+    architecture). Every way trains the same NMTune head (Linear D->4D, BatchNorm, ReLU, Linear 4D->D, residual scale, classifier;
     CE on both views + consistency + covariance - top-5 singular-value share), AdamW lr 1e-3, wd 1e-4,
     batch 64, on two augmented views of each example: RandomResizedCrop to the input size, scale (0.8, 1.0),
     ratio (3/4, 4/3), and a horizontal flip with p = 1/2 (the supervised recipe, augment.RECIPES).
@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks import common, pretrain_throughput
+from benchmarks import common, pretrain_throughput, torch_models
 from nml_jax import augment, defaults, encoders, features, models, tuning
 
 BATCH = 64
@@ -103,55 +103,10 @@ class TorchSmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-class TorchBasicBlock(nn.Module):
-    """nml_jax.models.resnet.BasicBlock: two 3x3 convs (no bias) with BatchNorm, and a 1x1 projection (with
-    BatchNorm) when the shape changes."""
-
-    def __init__(self, in_channels: int, filters: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, filters, 3, stride, padding=1, bias=False)
-        self.norm1 = nn.BatchNorm2d(filters)
-        self.conv2 = nn.Conv2d(filters, filters, 3, padding=1, bias=False)
-        self.norm2 = nn.BatchNorm2d(filters)
-        self.proj = None
-        if stride != 1 or in_channels != filters:
-            self.proj = nn.Sequential(
-                nn.Conv2d(in_channels, filters, 1, stride, bias=False), nn.BatchNorm2d(filters)
-            )
-
-    def forward(self, x):
-        y = torch.relu(self.norm1(self.conv1(x)))
-        y = self.norm2(self.conv2(y))
-        return torch.relu((x if self.proj is None else self.proj(x)) + y)
-
-
-class TorchResNet18(nn.Module):
-    """nml_jax.models.resnet.ResNet-18 with the small stem (one 3x3/1 conv, no pool), NCHW; features are the
-    globally average-pooled last stage (D = 512). The stride-2 convs pad (1, 1) where Flax's SAME pads (0, 1):
-    the same shapes and FLOPs."""
-
-    def __init__(self, width: int = 64):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
-        )
-        blocks, channels = [], width
-        for stage in range(4):
-            filters = width * 2**stage
-            for j in range(2):
-                blocks.append(TorchBasicBlock(channels, filters, 2 if stage and not j else 1))
-                channels = filters
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Linear(channels, NUM_CLASSES)
-
-    def features(self, x):
-        return self.blocks(self.stem(x)).mean(dim=(2, 3))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-TORCH_ENCODERS = {"cnn": TorchSmallCNN, "resnet18": TorchResNet18}
+TORCH_ENCODERS = {
+    "cnn": TorchSmallCNN,
+    "resnet18": lambda: torch_models.TorchResNet(18, NUM_CLASSES, stem="small"),
+}
 
 
 class TorchNMTuneHead(nn.Module):

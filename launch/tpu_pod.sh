@@ -4,17 +4,18 @@
 # from the workdir's last checkpoint. Running this script again resumes a stopped run (e.g. after a
 # preemption or a VM restart) and does nothing on a worker whose run is still going.
 #   launch/tpu_pod.sh CONFIG WORKDIR [--config.KEY=VALUE ...]
-#   launch/tpu_pod.sh configs/pretrain_imagenet.py:noise=0.1 /mnt/shared/in1k_n10 \
+#   launch/tpu_pod.sh configs/pretrain_imagenet.py:noise=0.1 gs://my-bucket/in1k_n10 \
 #     --config.data_dir=gs://my-bucket/tensorflow_datasets
 #   TPU_NAME=nml-jax ZONE=us-central2-b TYPE=v4-32 MAX_RESTARTS=20 RESTART_DELAY_S=30 (defaults);
 #   NML_JAX_DATA_DIR, when set here, is passed on.
 # Follow worker 0:  gcloud compute tpus tpu-vm ssh nml-jax --zone us-central2-b --worker=0 \
 #   --command 'tail -f ~/nml_jax/run.log'
-# WORKDIR must be a POSIX path all workers share (NFS, or a bucket mounted with gcsfuse on every worker);
-# data_dir may be a gs:// URL. jax.distributed.initialize() detects the pod by itself on TPU VMs.
+# WORKDIR is a gs:// URL (gs://my-bucket/in1k_n10; the TPU VM's service account needs write access to it) or a
+# path all workers share (NFS); data_dir may be a gs:// URL. jax.distributed.initialize() detects the pod by
+# itself on TPU VMs.
 set -euo pipefail
 CONFIG=${1:?config}
-WORKDIR=${2:?workdir on a filesystem all workers share}
+WORKDIR=${2:?workdir: a gs:// URL or a filesystem all workers share}
 shift 2
 TPU=${TPU_NAME:-nml-jax}
 ZONE=${ZONE:-us-central2-b}

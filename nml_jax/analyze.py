@@ -66,7 +66,7 @@ def write_spectrum(
     )
     # The ID test sets only: with every OOD set too the figure holds 16 lines and says nothing.
     id_sets = {name: s for name, s in spectra.items() if s["kind"] == "id"} or spectra
-    os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
+    files.makedirs(os.path.join(workdir, "figures"))
     spectrum.plot_spectra(
         {
             f"{name} (SVE {s['sve']:.2f}, LSVR {s['lsvr']:.2f})": s["singular_values"]

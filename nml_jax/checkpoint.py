@@ -24,17 +24,20 @@ What a restore does with each step, newest first:
 A failed write (a full disk, a quota; also when raised from Orbax's background thread) raises
 `CheckpointWriteError`, removes the failed step's temporary directories and leaves the older checkpoints intact.
 In a multi-process run every process takes part in every call and all take the same decision for each step.
+
+Where. A workdir may be local or a URL Orbax writes to: etils.epath opens its directories and TensorStore's own
+drivers write the arrays, which covers `gs://` and `s3://` (`CHECKPOINT_SCHEMES`); the path is passed to Orbax
+unchanged. Another URL scheme (hdfs://, ram://, ...) is refused with a WorkdirError before Orbax sees it. The
+manifests, moves and clean-ups of this module go through `files` (tf.io.gfile for URLs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,12 +47,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from nml_jax import config_lib, parallel
+from nml_jax import config_lib, files, parallel
 from nml_jax import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
 MANIFEST_FILE = "nml_checksums.json"
+# URL schemes Orbax can checkpoint to (etils.epath for directories, TensorStore's gcs and s3 drivers for arrays).
+CHECKPOINT_SCHEMES = ("gs", "s3")
 # Seconds to wait before each retry of a step that failed with a transient read error.
 RETRY_DELAYS = (1.0, 4.0, 10.0)
 TRANSIENT_ERRNOS = frozenset(
@@ -91,7 +96,8 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str, *, max_to_keep: int | None = 3, async_save: bool = True):
-        self.workdir = os.path.abspath(workdir)
+        check_location(workdir)
+        self.workdir = _absolute(workdir)
         self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
         self._async_save = async_save
         self._pending: int | None = None  # The step being saved, until its manifest is written.
@@ -169,8 +175,8 @@ class Checkpointer:
 
         if parallel.is_main_process():
             target = _unused_path(os.path.join(self.workdir, CORRUPT_DIR, str(step)))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.move(os.path.join(self.directory, str(step)), target)
+            files.makedirs(os.path.dirname(target))
+            files.move(os.path.join(self.directory, str(step)), target)
             logging.warning("Moved the corrupt checkpoint of step %d to %s.", step, target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"nml_jax_set_aside_{step}")
@@ -197,8 +203,8 @@ class Checkpointer:
         """Removes the pending step's temporary directories and raises a CheckpointWriteError."""
         step, self._pending = self._pending, None
         if parallel.is_main_process():
-            for path in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
-                shutil.rmtree(path, ignore_errors=True)
+            for path in files.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+                files.rmtree(path)
         older = [s for s in self._manager.all_steps() if s != step]
         intact = (
             f"The previous checkpoint (step {max(older)}) is intact."
@@ -242,11 +248,11 @@ def restore_raw(workdir: str) -> tuple[int, Any]:
       FileNotFoundError: `workdir` holds no checkpoint.
       CheckpointReadError: a checkpoint cannot be read because of a persisting I/O error.
       CheckpointError (a ValueError): none of its checkpoints can be restored.
-      WorkdirError: `workdir` is a URL (config.init_from=gs://...).
+      WorkdirError: `workdir` is a URL Orbax cannot read (check_location).
     """
-    workdir_lib.check_local(workdir, "config.init_from")
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    steps = sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+    check_location(workdir, "config.init_from")
+    directory = os.path.join(_absolute(workdir), CHECKPOINT_DIR)
+    steps = sorted(ocp.utils.checkpoint_steps(directory)) if files.isdir(directory) else []
     if not steps:
         raise FileNotFoundError(
             f"No checkpoint in {directory}; run the pretrain stage with --workdir={workdir} first."
@@ -276,20 +282,31 @@ def restore_raw(workdir: str) -> tuple[int, Any]:
     raise _nothing_restores(directory, corrupt)
 
 
+def _absolute(workdir: str) -> str:
+    """A local workdir made absolute as every other stage output sees it (no `~` expansion); a URL unchanged."""
+    return workdir if files.is_url(workdir) else os.path.abspath(workdir)
+
+
+def check_location(workdir: str, name: str = "--workdir") -> None:
+    """Raises WorkdirError when `workdir` (given as `name`) is a URL whose scheme Orbax cannot checkpoint to.
+
+    Local paths and CHECKPOINT_SCHEMES pass. Every other stage output works on any tf.io.gfile URL.
+    """
+    scheme = workdir.split("://", 1)[0].lower() if files.is_url(workdir) else None
+    if scheme is not None and scheme not in CHECKPOINT_SCHEMES:
+        raise workdir_lib.WorkdirError(
+            f"{name}={workdir}: Orbax writes checkpoints only to local paths and "
+            f"{', '.join(s + '://' for s in CHECKPOINT_SCHEMES)} URLs, not {scheme}://. Use such a workdir for "
+            "the stages that train (pretrain, clip_pretrain, nmtune without features_npz or pretrained)."
+        )
+
+
 def write_manifest(step_dir: str) -> None:
-    """Writes `<step_dir>/nml_checksums.json`: size and sha256 of every other file, atomically."""
-    files = {path: _file_digest(os.path.join(step_dir, path)) for path in _files(step_dir)}
-    manifest = os.path.join(step_dir, MANIFEST_FILE)
-    tmp = f"{manifest}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump({"files": files}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, manifest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Writes `<step_dir>/nml_checksums.json`: size and sha256 of every other file, atomically (synced to
+    the disk before the rename)."""
+    digests = {path: _file_digest(os.path.join(step_dir, path)) for path in _files(step_dir)}
+    text = json.dumps({"files": digests}, indent=1, sort_keys=True)
+    files.write_bytes(os.path.join(step_dir, MANIFEST_FILE), text.encode("utf-8"), fsync=True)
 
 
 def verify(step_dir: str) -> bool:
@@ -303,17 +320,16 @@ def verify(step_dir: str) -> bool:
       OSError: a file cannot be read (transient or not; the caller decides).
     """
     manifest = os.path.join(step_dir, MANIFEST_FILE)
-    if not os.path.exists(manifest):
+    if not files.exists(manifest):
         return False
     try:
-        with open(manifest) as f:
-            expected = json.load(f)["files"]
+        expected = json.loads(files.read_text(manifest))["files"]
         items = [(str(p), int(d["size"]), str(d["sha256"])) for p, d in expected.items()]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise _Corrupt(f"its checksum file {MANIFEST_FILE} is undecodable ({e})") from e
     for path, size, sha256 in items:
         full = os.path.join(step_dir, path)
-        if not os.path.exists(full):
+        if not files.exists(full):
             raise _Corrupt(f"{path} is missing")
         found = _file_digest(full)
         if found["size"] != size:
@@ -500,7 +516,7 @@ def _nothing_restores(directory: str, corrupt: list[tuple[int, str]]) -> Checkpo
 def _files(step_dir: str) -> list[str]:
     """Paths of the files under `step_dir` relative to it, the manifest excluded."""
     found = []
-    for root, _, names in os.walk(step_dir):
+    for root, _, names in files.walk(step_dir):
         for name in names:
             path = os.path.relpath(os.path.join(root, name), step_dir)
             if not path.startswith(MANIFEST_FILE):
@@ -511,7 +527,7 @@ def _files(step_dir: str) -> list[str]:
 def _file_digest(path: str) -> dict[str, Any]:
     sha256 = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
+    with files.open_file(path, "rb") as f:
         while chunk := f.read(1 << 20):
             sha256.update(chunk)
             size += len(chunk)
@@ -521,7 +537,7 @@ def _file_digest(path: str) -> dict[str, Any]:
 def _unused_path(path: str) -> str:
     """`path`, or `path.1`, `path.2`, ... : the first that does not exist."""
     candidate, n = path, 0
-    while os.path.exists(candidate):
+    while files.exists(candidate):
         n += 1
         candidate = f"{path}.{n}"
     return candidate

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from nml_jax import config_lib, encoders, losses, noise, parallel, trainer
+from nml_jax import checkpoint, config_lib, encoders, losses, noise, parallel, trainer
 from nml_jax import tokenizer as tokenizer_lib
 from nml_jax.models import clip
 
@@ -369,6 +369,7 @@ def build_pairs(config, workdir: str) -> tuple[dict[str, Any], tokenizer_lib.Tok
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Stage `clip_pretrain`: pairs, caption-swap noise and tokenizer from `build_pairs`, then `train`."""
     validate(config)
+    checkpoint.check_location(workdir)
     encoders.check_workdir(
         config,
         workdir,

@@ -75,7 +75,6 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, outputs) -> N
       workdir.WorkdirError: the differing keys and the ways out.
       files.FileFormatError: model.json is not JSON.
     """
-    from nml_jax import workdir as workdir_lib
 
     card = files.read_json(os.path.join(workdir, CARD_FILE))
     workdir_lib.check_fingerprint(
@@ -93,9 +92,8 @@ def read_card(workdir: str) -> dict[str, Any]:
 
     Raises:
       ModelCardError: no model.json, not JSON, not an object, or without the fields every card has (of the
-        right types); the message names the file and the field. WorkdirError: `workdir` is a URL.
+        right types); the message names the file and the field.
     """
-    workdir_lib.check_local(workdir, "config.pretrained")
     path = os.path.join(workdir, CARD_FILE)
     try:
         card = files.read_json(path)
@@ -180,7 +178,7 @@ class ImageEncoder:
         self.input_shape = tuple(card["input_shape"])
         self.feature_dim = int(feature_dim)
         self.variables = jax.device_put(variables)
-        self._apply = jax.jit(apply_fn)
+        self._apply = jax.jit(apply_fn, compiler_options=parallel.conv_net_options())
         blob = json.dumps(
             [os.path.realpath(workdir), step, card["config"]], sort_keys=True, default=repr
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -105,19 +106,23 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
       FeatureFileError: the path is missing, a directory, empty, not a zip, a damaged zip, or holds a member
         that is not a plain .npy array (object arrays need pickle and are refused).
     """
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise FeatureFileError(f"Features file {path} does not exist.")
-    if os.path.isdir(path):
+    if files.isdir(path):
         raise FeatureFileError(f"Features file {path} is a directory; expected {_FORMAT}.")
-    with open(path, "rb") as f:
+    with files.open_file(path, "rb") as f:
         head = f.read(16)
     if not head:
         raise FeatureFileError(f"Features file {path} is empty (0 bytes); expected {_FORMAT}.")
-    if not zipfile.is_zipfile(path):
+    # A URL is read whole once: zipfile and np.load seek, which is slow (or unsupported) on object stores.
+    source = io.BytesIO(files.read_bytes(path)) if files.is_url(path) else path
+    if not zipfile.is_zipfile(source):
         raise FeatureFileError(f"Features file {path} is {_what_it_is(head)}; expected {_FORMAT}.")
+    if not isinstance(source, str):
+        source.seek(0)
     arrays = {}
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with np.load(source, allow_pickle=False) as archive:
             for key in archive.files:
                 try:
                     value = archive[key]
@@ -439,7 +444,7 @@ def stream_features(
     out = {v: np.zeros((n, encoder.feature_dim), np.float32) for v in views}
     labels = np.zeros(n, np.int64)
     variables = jax.device_put(encoder.variables, parallel.replicated(mesh))
-    apply = jax.jit(encoder.apply_fn)
+    apply = jax.jit(encoder.apply_fn, compiler_options=parallel.conv_net_options())
     augmenter = (
         augment.jitted(tuple(view_spec["scale"]), bool(view_spec["flip"])) if any(views) else None
     )
@@ -508,7 +513,7 @@ def domain_features(
     ]
     made: dict[int, np.ndarray] = {}
     labels = None
-    missing = [view for view, path in enumerate(paths) if not os.path.exists(path)]
+    missing = [view for view, path in enumerate(paths) if not files.exists(path)]
     if missing and streamed:
         made, labels = stream_features(
             encoder,
@@ -546,7 +551,7 @@ def domain_features(
                 files.write_npz(path, {"features": made[view], "labels": labels})
             stacked.append(made[view])
             continue
-        with np.load(path, allow_pickle=False) as f:
+        with files.load_npz(path) as f:
             stacked.append(f["features"])
             labels = f["labels"] if labels is None else labels
     return np.stack(stacked), labels

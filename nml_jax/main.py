@@ -72,14 +72,14 @@ def run(config, workdir: str):
     run leaves the old config.json in place, describing what is there).
     """
     stage = stage_module(config)
-    from nml_jax import parallel
+    from nml_jax import files, parallel
     from nml_jax import workdir as workdir_lib
 
     parallel.initialize(config.get("distributed", None))
     parallel.log_topology()
     with workdir_lib.lock(workdir):
         previous = os.path.join(workdir, "config.json")
-        changed = os.path.exists(previous) and _fingerprint_of(previous) != config_lib.fingerprint(
+        changed = files.exists(previous) and _fingerprint_of(previous) != config_lib.fingerprint(
             config
         )
         if parallel.is_main_process() and not changed:

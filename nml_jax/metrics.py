@@ -8,6 +8,7 @@ uninterrupted run's. `Progress` logs steps/s, examples/s and the ETA.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+
+from nml_jax import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -48,11 +51,11 @@ class MetricWriter:
         if enabled:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-            os.makedirs(workdir, exist_ok=True)
+            files.makedirs(workdir)
             path = os.path.join(workdir, METRICS_FILE)
             if resume_step is not None:
                 _drop_records_after(path, resume_step)
-            self._jsonl = open(path, "a")  # noqa: SIM115
+            self._jsonl = files.open_file(path, "a")
             self._events = EventFileWriter(os.path.join(workdir, TENSORBOARD_DIR))
             if resume_step is not None:
                 self._purge_events_after(resume_step)
@@ -92,12 +95,9 @@ class MetricWriter:
 
 def _drop_records_after(path: str, step: int) -> None:
     """Rewrites `path` (atomically) without the records of steps after `step`."""
-    from nml_jax import files
-
-    if not os.path.exists(path):
+    if not files.exists(path):
         return
-    with open(path) as f:
-        lines = f.readlines()
+    lines = io.StringIO(files.read_text(path), newline=None).readlines()
     kept = [line for line in lines if _record_step(line) <= step]
     if len(kept) != len(lines):
         files.write_text(path, "".join(kept))

@@ -69,9 +69,9 @@ def texts_digest(texts: Sequence[str], labels: np.ndarray) -> str:
 
 
 def _read_cache(path: str, digest: str) -> np.ndarray | None:
-    if not os.path.exists(path):
+    if not files.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as f:
+    with files.load_npz(path) as f:
         if str(f["texts_sha256"]) != digest:
             logging.warning("%s was made from other texts; embedding again.", path)
             return None

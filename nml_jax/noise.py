@@ -339,7 +339,7 @@ def _changes(saved: dict[str, np.ndarray], config: Any) -> str:
 
 def load(path: str) -> dict[str, np.ndarray]:
     """Reads a noise.npz (no pickle)."""
-    with np.load(path, allow_pickle=False) as f:
+    with files.load_npz(path) as f:
         return {k: f[k] for k in f.files}
 
 
@@ -379,7 +379,7 @@ def _load_or_make_here(
     """`load_or_make` in one process: reuse the file, refuse one made otherwise, or make and write it."""
     path = os.path.join(workdir, NOISE_FILE)
     key = settings_key(config)
-    if os.path.exists(path):
+    if files.exists(path):
         saved = load(path)
         changes = _changes(saved, config) if str(saved.get("settings_key")) != key else ""
         recounted = shard_counts is not None and not np.array_equal(
@@ -400,7 +400,6 @@ def _load_or_make_here(
             "--config.overwrite=True: %s was made with other settings; making it again.", path
         )
     result = _make(config, labels, shard_counts)
-    os.makedirs(workdir, exist_ok=True)
     save(result, path, config)
     result["settings_key"] = np.array(key)
     return result

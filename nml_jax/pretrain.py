@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from nml_jax import config_lib, encoders, losses, models, noise, parallel, trainer
+from nml_jax import checkpoint, config_lib, encoders, losses, models, noise, parallel, trainer
 
 SUMMARY_FILE = "pretrain_summary.json"
 
@@ -235,7 +235,8 @@ def train(
     tx = trainer.make_optimizer(config.optimizer, schedule)
     image_shape = _image_shape(test_data, config)
     encoders.write_card(workdir, "classifier", config, image_shape, num_classes=num_classes)
-    eval_step = jax.jit(make_eval_step(model))
+    options = parallel.conv_net_options()  # Every supervised model here is a conv net.
+    eval_step = jax.jit(make_eval_step(model), compiler_options=options)
     fields = ("image", "label", "clean_label", "is_noisy")
     recipe = trainer.Recipe(
         name=config.model.name,
@@ -249,6 +250,7 @@ def train(
         rates=lambda sums, last: train_summaries(sums),
         evaluate=lambda state: test_metrics(eval_step, state, test_data, config, mesh),
         summary_file=SUMMARY_FILE,
+        compiler_options=options,
     )
     return trainer.train(config, workdir, mesh, recipe, total_steps)
 
@@ -258,6 +260,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model made under another config (`encoders.check_workdir`)."""
     from nml_jax import data
 
+    checkpoint.check_location(workdir)
     encoders.check_workdir(config, workdir, (*trainer.OUTPUTS, SUMMARY_FILE, noise.NOISE_FILE))
     if config.input.stream:
         record = noise.load_or_make(config, workdir)

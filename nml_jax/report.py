@@ -572,7 +572,7 @@ def plot_accuracy_vs_noise(rows: list[Row], path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    files.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -621,7 +621,7 @@ def write_runs(
 ) -> str:
     """The report of many runs (a study, or results gathered by the `report` stage): accuracy against noise
     and spectrum against accuracy figures, then `write` with them after `figures`."""
-    os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
+    files.makedirs(os.path.join(workdir, "figures"))
     made = ["figures/accuracy_vs_noise.png"]
     plot_accuracy_vs_noise(rows, os.path.join(workdir, made[0]))
     points = spectrum_points(rows, spectra)
@@ -644,7 +644,7 @@ def validate(config) -> None:
         )
     for key, group in (("results", paths), ("spectra", _paths(config.spectra))):
         for path in group:
-            if not os.path.isfile(path):
+            if not files.isfile(path):
                 raise config_lib.ConfigError(f"config.{key}: {path!r} is not a file.")
     if config.get("num_classes") is not None:
         config_lib.check_positive_int("num_classes", config.num_classes)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
-import os
+
+from nml_jax import files
 
 COLUMNS = (
     "task",
@@ -46,9 +48,9 @@ def _format(value) -> str:
 
 
 def read(path: str) -> list[Row]:
-    if not os.path.exists(path):
+    if not files.exists(path):
         return []
-    with open(path, newline="") as f:
+    with files.open_file(path, "r", newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != COLUMNS:
             raise ValueError(f"{path} has columns {reader.fieldnames}; expected {list(COLUMNS)}.")
@@ -75,12 +77,10 @@ def write(path: str, rows: list[Row]) -> list[Row]:
         merged.values(),
         key=lambda r: (r.noise_ratio, r.seed, r.kind, r.task, r.test_domain, r.method),
     )
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for row in ordered:
-            writer.writerow([_format(getattr(row, c)) for c in COLUMNS])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(COLUMNS)
+    for row in ordered:
+        writer.writerow([_format(getattr(row, c)) for c in COLUMNS])
+    files.write_text(path, text.getvalue())
     return ordered

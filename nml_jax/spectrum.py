@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from nml_jax import files
+
 CENTERINGS = ("row", "column", "none")
 
 
@@ -119,7 +121,7 @@ def plot_spectra(
         ax.set_title(title)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        files.save_figure(fig, path, dpi=120)
     finally:
         plt.close(fig)
     return path
@@ -144,7 +146,7 @@ def plot_metric_vs_accuracy(points: Sequence[Mapping[str, Any]], path: str) -> s
             ax.set_ylabel("accuracy")
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        files.save_figure(fig, path, dpi=120)
     finally:
         plt.close(fig)
     return path

@@ -90,7 +90,7 @@ def write_study_outputs(config, workdir, rows, spectra, per_run, context) -> Non
         os.path.join(workdir, analyze.SPECTRUM_FILE),
         {f"noise{n:g}_seed{s}": sets for (n, s), sets in per_run.items()},
     )
-    os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
+    files.makedirs(os.path.join(workdir, "figures"))
     paths = []
     first_seed = min(s for _, s in per_run)
     first = per_run[min(per_run)]

@@ -18,6 +18,8 @@ import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from nml_jax import files
+
 PAD, SOT, EOT = "<pad>", "<|startoftext|>", "<|endoftext|>"
 SPECIAL_TOKENS = (PAD, SOT, EOT)  # Ids 0, 1, 2.
 FILE_NAME = "tokenizer.json"
@@ -52,16 +54,14 @@ class Tokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def save(self, path: str) -> None:
-        """Writes the tokenizer as JSON (atomically)."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._tok.save(path + ".tmp")
-        os.replace(path + ".tmp", path)
+        """Writes the tokenizer as JSON (atomically; `path` may be a URL)."""
+        files.write_text(path, self._tok.to_str(pretty=True))
 
     @classmethod
     def load(cls, path: str) -> Tokenizer:
-        if not os.path.exists(path):
+        if not files.exists(path):
             raise FileNotFoundError(f"No tokenizer at {path}; train one with tokenizer.train(...).")
-        return cls(_HFTokenizer.from_file(path))
+        return cls(_HFTokenizer.from_str(files.read_text(path)))
 
 
 def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
@@ -90,7 +90,7 @@ def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Toke
 def load_or_train(workdir: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """`<workdir>/tokenizer.json` when it exists (a resumed run), else a new one trained on `texts` and saved."""
     path = os.path.join(workdir, FILE_NAME)
-    if os.path.exists(path):
+    if files.exists(path):
         return Tokenizer.load(path)
     result = train(texts, vocab_size)
     result.save(path)

@@ -211,6 +211,7 @@ class Recipe:
       evaluate: state -> scalars, run every `config.eval_every_steps` and at the end (None: never).
       finish: state -> scalars, run once after the last step (e.g. zero-shot accuracy; None: nothing).
       summary_file: the finished run's summary, in the workdir.
+      compiler_options: XLA options of the jitted train step (`parallel.conv_net_options()` for conv nets).
     """
 
     name: str
@@ -221,6 +222,7 @@ class Recipe:
     summary_file: str
     evaluate: Callable[[TrainState], dict[str, float]] | None = None
     finish: Callable[[TrainState], dict[str, float]] | None = None
+    compiler_options: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def log_train(writer, progress, step: int, pending: list[dict], rates) -> dict[str, float]:
@@ -276,6 +278,7 @@ def train(config, workdir: str, mesh, recipe: Recipe, total_steps: int) -> dict[
         in_shardings=(shardings, parallel.data_sharding(mesh)),
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=0,
+        compiler_options=recipe.compiler_options,
     )
     writer = metrics.MetricWriter(
         workdir, enabled=parallel.is_main_process(), resume_step=start_step

@@ -3,6 +3,10 @@
 - `lock(workdir)`: a run holds `<workdir>/.lock` (host and pid) while it works; a second run in the same
   workdir stops at once with a message naming the holder. A lock left by a dead process of this host is
   taken over.
+
+A workdir may be a local path or a URL (`gs://bucket/run`; every read and write goes through `files`). Object
+stores have no exclusive create, so on a URL the lock is a check and then a write: a second run started
+while the first is running is stopped, but two runs started within the same moment may both get through.
 - `check_fingerprint(...)`: a stage whose workdir holds output made under another config refuses to start and
   names every differing key (old -> new); `--config.overwrite=True` moves that output aside (into
   `<workdir>/overwritten/<time>/`, never deleted) and starts afresh.
@@ -13,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -43,32 +46,27 @@ def _alive(pid: int) -> bool:
 
 def _holder(path: str) -> dict[str, Any] | None:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(files.read_text(path))
     except (OSError, ValueError):
         return None
 
 
 def _take(path: str) -> bool:
-    """Creates the lock file with this process's host and pid; False if it already exists."""
+    """Creates the lock file with this process's host and pid; False if it already exists (on a URL: a check,
+    then a write; see the module docstring)."""
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    if files.is_url(path):
+        if files.exists(path):
+            return False
+        files.write_text(path, json.dumps(holder))
+        return True
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as f:
-        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, f)
+        json.dump(holder, f)
     return True
-
-
-def check_local(workdir: str, name: str = "--workdir") -> None:
-    """Raises WorkdirError for a URL workdir (gs://...), naming the flag or key `name` that gave it: stages
-    write and read workdirs with POSIX file I/O (atomic renames, an exclusive lock file, appends), which object
-    stores do not offer. Data (data_dir, TFRecord shards) may be URLs."""
-    if files.is_url(workdir):
-        raise WorkdirError(
-            f"{name}={workdir} is a URL; a workdir must be a POSIX path every host sees (NFS, or the bucket "
-            "mounted with gcsfuse on every host, e.g. /mnt/bucket/run). data_dir and TFRecord shards may be URLs."
-        )
 
 
 @contextlib.contextmanager
@@ -76,13 +74,12 @@ def lock(workdir: str) -> Iterator[None]:
     """Holds `<workdir>/.lock` for the duration (process 0 only; the other processes follow it).
 
     Raises:
-      WorkdirError: the workdir is a URL (check_local), or another live run holds the lock.
+      WorkdirError: another live run holds the lock.
     """
-    check_local(workdir)
     if not parallel.is_main_process():
         yield
         return
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     path = os.path.join(workdir, LOCK_FILE)
     if not _take(path):
         holder = _holder(path) or {}
@@ -91,7 +88,7 @@ def lock(workdir: str) -> Iterator[None]:
             logging.warning(
                 "Taking over the lock of dead process %d in %s.", holder["pid"], workdir
             )
-            os.remove(path)
+            files.remove(path)
         if not _take(path):
             raise WorkdirError(
                 f"{workdir} is in use by another run (host {holder.get('host')}, pid {holder.get('pid')}); "
@@ -101,7 +98,7 @@ def lock(workdir: str) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+            files.remove(path)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -132,15 +129,15 @@ def differing_keys(old: Any, new: Any) -> list[str]:
 
 def set_aside(workdir: str, names: Iterable[str]) -> str | None:
     """Moves the `names` that exist in `workdir` into `<workdir>/overwritten/<time>/`; returns that folder."""
-    present = [n for n in names if os.path.lexists(os.path.join(workdir, n))]
+    present = [n for n in names if files.lexists(os.path.join(workdir, n))]
     if not present or not parallel.is_main_process():
         return None
     target = os.path.join(workdir, OVERWRITTEN_DIR, time.strftime("%Y%m%d-%H%M%S"))
-    while os.path.exists(target):
+    while files.exists(target):
         target += "_"
-    os.makedirs(target)
+    files.makedirs(target)
     for name in present:
-        shutil.move(os.path.join(workdir, name), os.path.join(target, name))
+        files.move(os.path.join(workdir, name), os.path.join(target, name))
     logging.warning("--config.overwrite=True: moved %s of %s to %s.", present, workdir, target)
     return target
 
@@ -162,7 +159,7 @@ def check_fingerprint(
     outputs = list(outputs)
     if old is None or config_lib.fingerprint(_plain(old)) == config_lib.fingerprint(_plain(new)):
         return
-    if not any(os.path.lexists(os.path.join(workdir, n)) for n in outputs):
+    if not any(files.lexists(os.path.join(workdir, n)) for n in outputs):
         return
     if overwrite:
         set_aside(workdir, outputs)

@@ -147,6 +147,32 @@ def test_spec_syntax_and_its_errors(tmp_path):
         importer.import_config(f"open_clip:RN50:{tmp_path}/rn50.pt", image_size=128)
 
 
+def test_eval_resize_follows_each_sources_recipe(tmp_path):
+    """ResNets: short side to 256, centre 224 (a frame in the outer 1/16 is cut off); CLIP: bicubic, short side to
+    224 and no crop of it (the frame's top and bottom rows stay); both antialiased when shrinking."""
+    import tensorflow as tf
+
+    from nml_jax.convert import importer
+
+    image = np.zeros((512, 768, 3), np.uint8)
+    image[:24], image[-24:], image[:, :24], image[:, -24:] = 255, 255, 255, 255  # A white frame.
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    crops = {}
+    for spec in ("torchvision:resnet50", "timm:resnet18", "open_clip:RN50"):
+        pp = importer.import_config(f"{spec}:{weights}")["input"]["pp_eval"]
+        out = preprocess.parse(pp)({"image": tf.constant(image)})["image"].numpy()
+        assert out.shape == (224, 224, 3), spec
+        crops[spec] = out
+    black = (0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    for spec in ("torchvision:resnet50", "timm:resnet18"):
+        np.testing.assert_allclose(crops[spec], np.broadcast_to(black, (224, 224, 3)), atol=1e-5)
+    clip = crops["open_clip:RN50"]
+    assert "bicubic" in importer.import_config(f"open_clip:RN50:{weights}")["input"]["pp_eval"]
+    # The top of the frame is kept, the middle is dark.
+    assert clip[0].mean() > clip[112].mean() + 1.0
+
+
 def test_clip_image_tower_card_restores_as_an_encoder(tmp_path):
     import ml_collections
 

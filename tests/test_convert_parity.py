@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import torch_models
 from nml_jax.convert import archs, reader
 
 torch.set_num_threads(1)
@@ -109,65 +110,10 @@ def test_reader_returns_what_torch_load_returns(tmp_path, zip_format):
     assert list(reader.load_state_dict(str(path))) == list(tensors)
 
 
-# A PyTorch ResNet with torchvision's (and timm's) parameter names and forward pass: torchvision does not import
-# beside the pinned torch wheel, and timm needs torchvision.
-class _TorchBlock(torch.nn.Module):
-    def __init__(self, cin, width, stride, bottleneck):
-        super().__init__()
-        cout = width * 4 if bottleneck else width
-        k = (1, 3, 1) if bottleneck else (3, 3)
-        chans = (cin, width, width, cout) if bottleneck else (cin, width, cout)
-        self.convs = len(k)
-        for i, ks in enumerate(k):
-            s = stride if ks == 3 and (bottleneck or i == 0) else 1
-            conv = torch.nn.Conv2d(chans[i], chans[i + 1], ks, s, ks // 2, bias=False)
-            setattr(self, f"conv{i + 1}", conv)
-            setattr(self, f"bn{i + 1}", torch.nn.BatchNorm2d(chans[i + 1]))
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = torch.nn.Sequential(
-                torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x):
-        y = x
-        for i in range(1, self.convs + 1):
-            y = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(y))
-            y = torch.relu(y) if i < self.convs else y
-        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class _TorchResNet(torch.nn.Module):
-    def __init__(self, stage_sizes, bottleneck, num_classes=1000):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = torch.nn.BatchNorm2d(64)
-        self.maxpool = torch.nn.MaxPool2d(3, 2, 1)
-        cin = 64
-        for i, size in enumerate(stage_sizes):
-            blocks = []
-            for j in range(size):
-                blocks.append(_TorchBlock(cin, 64 * 2**i, 2 if i > 0 and j == 0 else 1, bottleneck))
-                cin = 64 * 2**i * (4 if bottleneck else 1)
-            setattr(self, f"layer{i + 1}", torch.nn.Sequential(*blocks))
-        self.fc = torch.nn.Linear(cin, num_classes)
-
-    def features(self, x):
-        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
-        for i in range(1, 5):
-            x = getattr(self, f"layer{i}")(x)
-        return x.mean(dim=(2, 3))
-
-    def forward(self, x):
-        return self.fc(self.features(x))
-
-
 @pytest.mark.parametrize("source,depth", [("torchvision", 18), ("timm", 50)])
 def test_resnet_matches_pytorch(source, depth):
-    from nml_jax.models import resnet
-
     torch.manual_seed(depth)
-    net = _TorchResNet(*resnet.STAGE_SIZES[depth]).eval()
+    net = torch_models.TorchResNet(depth).eval()  # torchvision's (and timm's) names.
     _randomise_batch_norm(net, depth)
     # 64 px: even sizes after the stem, where XLA "SAME" would pad the strided convs and the pool at the end only.
     _check_parity(source, f"resnet{depth}", net, _state_dict(net), 64, lambda n, x: n.features(x))

@@ -101,3 +101,24 @@ def test_depthwise_conv_matches_grouped_convolution(kernel, strides, size):
     np.testing.assert_allclose(
         layer.apply(variables, x), grouped.apply(variables, x), rtol=1e-5, atol=1e-5
     )
+
+
+def test_conv_net_options_keep_convolutions_on_eigen():
+    """jaxlib's CPU default sends a 1x1 convolution (rewritten into a dot) to YNNPACK, slow for conv nets here;
+    programs compiled with `parallel.conv_net_options()` keep it on Eigen, with the same values to round-off."""
+    from jax import lax
+
+    from nml_jax import parallel
+
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
+    k = jax.random.normal(jax.random.key(1), (1, 1, 16, 32))
+
+    def conv(x, k):
+        return lax.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    default = jax.jit(conv).lower(x, k).compile()
+    ours = jax.jit(conv, compiler_options=parallel.conv_net_options()).lower(x, k).compile()
+    assert "__ynn_fusion" in default.as_text() and "__ynn_fusion" not in ours.as_text()
+    np.testing.assert_allclose(ours(x, k), default(x, k), rtol=1e-5, atol=1e-5)

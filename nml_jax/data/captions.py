@@ -17,13 +17,13 @@ all captions or all tokens; a resumed run skips whole shards instead of re-readi
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from nml_jax import files as files_lib
 from nml_jax.data import pipeline, shards
 
 # Class -> (synonyms, category). The first synonym is the class's zero-shot name.
@@ -169,27 +169,22 @@ def load_or_count(workdir: str, files: Sequence[str]) -> list[int]:
     else counted and written there (call it in process 0; the others read the file with `read_counts`)."""
     path = os.path.join(workdir, SHARDS_FILE)
     listing = _listing(files)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if {k: saved.get(k) for k in listing} == listing:
-            return saved["counts"]
+    saved = files_lib.read_json(path)
+    if isinstance(saved, dict) and {k: saved.get(k) for k in listing} == listing:
+        return saved["counts"]
     counts = count_records(files)
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({**listing, "counts": counts}, f)
-    os.replace(path + ".tmp", path)
+    files_lib.write_json(path, {**listing, "counts": counts})
     return counts
 
 
 def read_counts(workdir: str, files: Sequence[str]) -> list[int]:
     """The record counts process 0 stored in `<workdir>/shards.json`; a ValueError if they are of other files."""
-    with open(os.path.join(workdir, SHARDS_FILE)) as f:
-        saved = json.load(f)
-    if saved["files"] != list(files):
+    path = os.path.join(workdir, SHARDS_FILE)
+    saved = files_lib.read_json(path)
+    if not isinstance(saved, dict) or saved.get("files") != list(files):
         raise ValueError(
-            f"{SHARDS_FILE} in {workdir} lists {len(saved['files'])} other shards than the "
-            f"{len(files)} this process found; every process must see the same files."
+            f"{path} does not list the {len(files)} shards this process found; every process must see "
+            "the same files, and process 0 writes this file first."
         )
     return saved["counts"]
 

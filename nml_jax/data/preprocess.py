@@ -186,8 +186,13 @@ def get_resize(size: int | Sequence[int], method: str = "bilinear", key: str = "
 
 
 @register("resize_small")
-def get_resize_small(size: int, method: str = "area", key: str = "image") -> Op:
-    """Resizes so the shorter side is `size`, keeping the aspect ratio; keeps the dtype."""
+def get_resize_small(
+    size: int, method: str = "area", key: str = "image", antialias: bool = False
+) -> Op:
+    """Resizes so the shorter side is `size`, keeping the aspect ratio; keeps the dtype.
+
+    `antialias=True` widens the filter when shrinking, as PIL and torchvision resize (no effect when enlarging).
+    """
 
     def op(example):
         image = example[key]
@@ -195,7 +200,7 @@ def get_resize_small(size: int, method: str = "area", key: str = "image") -> Op:
         scale = tf.cast(size, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
         new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32)
         new_w = tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32)
-        resized = tf.image.resize(image, (new_h, new_w), method=method)
+        resized = tf.image.resize(image, (new_h, new_w), method=method, antialias=antialias)
         example[key] = (
             tf.cast(tf.round(resized), image.dtype) if image.dtype.is_integer else resized
         )
