@@ -2,8 +2,10 @@
 
 `run(config, workdir)` builds the pairs (embedded: Fashion-MNIST images with synthetic captions; paper scale:
 TFRecord shards of a web dataset, see nml_jax/data/captions.py), swaps the captions of round(r * N) pairs with
-`noise.load_or_make` (noise.npz records `caption_index` and `is_noisy`), trains (or reloads) the byte-level BPE
-tokenizer in `<workdir>/tokenizer.json`, and calls `train`.
+`noise.load_or_make` (noise.npz records `caption_index` and `is_noisy`; for shards the swaps stay within each
+shard), trains (or reloads) the byte-level BPE tokenizer in `<workdir>/tokenizer.json`, and calls `train`.
+Shards are never read whole into memory: process 0 counts their records once (shards.json), and the input
+pipeline tokenizes captions shard by shard.
 
 This module holds only what is contrastive: the CLIP model, its InfoNCE step, the pairs and zero-shot
 evaluation; the shared loop (state, optimizer, resume, checkpoints, metrics) is `trainer.train`, and the data
@@ -15,6 +17,7 @@ At the end, zero-shot accuracy on `config.zero_shot` (prompt ensembles per class
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -29,6 +32,7 @@ from nml_jax import tokenizer as tokenizer_lib
 from nml_jax.models import clip
 
 SUMMARY_FILE = "clip_summary.json"
+SHARDS_FILE = "shards.json"  # captions.SHARDS_FILE: record counts of the TFRecord shards.
 TFRECORD = "tfrecord"  # config.dataset for web-scale TFRecord shards (config.shards).
 
 
@@ -189,7 +193,7 @@ def zero_shot_accuracy(model, state, tok, config, mesh) -> dict[str, float]:
     }
 
 
-def _train_iterator(config, pairs: dict[str, Any], start_step: int):
+def _train_iterator(config, pairs: dict[str, Any], tok: tokenizer_lib.Tokenizer, start_step: int):
     """This process's batches {'image', 'tokens', 'is_noisy'} from `start_step` (in memory or streamed)."""
     from nml_jax.data import captions, pipeline
 
@@ -204,15 +208,16 @@ def _train_iterator(config, pairs: dict[str, Any], start_step: int):
         yield from pipeline.train_batches(fields, **common)
         return
     batches = captions.stream_pairs(
-        pairs["files"], pairs["counts"], shuffle_buffer=config.input.shuffle_buffer, **common
+        pairs["files"],
+        pairs["counts"],
+        caption_index=pairs["caption_index"],
+        is_noisy=pairs["is_noisy"],
+        tokenize=lambda texts: tok.encode(texts, config.model.text.context_length),
+        shuffle_buffer=config.input.shuffle_buffer,
+        **common,
     )
     for batch in batches:
-        index = np.asarray(batch["index"])
-        yield {
-            "image": batch["image"],
-            "tokens": pairs["tokens"][index],
-            "is_noisy": pairs["is_noisy"][index],
-        }
+        yield {k: batch[k] for k in ("image", "tokens", "is_noisy")}
 
 
 def _image_shape(config) -> tuple[int, ...]:
@@ -233,7 +238,8 @@ def train(
       config: a clip_pretrain config (configs/clip_pretrain.py).
       workdir: checkpoints, metrics.jsonl, TensorBoard files, model.json and the summary go here.
       pairs: in memory {'image' uint8 [N,H,W,C], 'tokens' int32 [N,L] (captions as trained on, i.e. after the
-        swap), 'is_noisy' bool [N]}; or streamed {'files', 'counts', 'tokens', 'is_noisy'} (captions.py).
+        swap), 'is_noisy' bool [N]}; or streamed {'files', 'counts', 'caption_index', 'is_noisy'}: the
+        shards, their record counts and the within-shard swap (captions.stream_pairs tokenizes per shard).
       tok: the tokenizer of the captions (for the zero-shot prompts).
 
     Returns:
@@ -265,7 +271,7 @@ def train(
         name="CLIP",
         create_state=lambda rng: trainer.create_state(model, tx, example, rng),
         train_step=make_train_step(model, tx, schedule),
-        batches=lambda start: _train_iterator(config, pairs, start),
+        batches=lambda start: _train_iterator(config, pairs, tok, start),
         rates=retrieval_rates,
         finish=lambda state: zero_shot_accuracy(model, state, tok, config, mesh),
         summary_file=SUMMARY_FILE,
@@ -283,18 +289,51 @@ def retrieval_rates(sums: dict[str, float], last: dict[str, float]) -> dict[str,
     return out
 
 
-def _shared_tokenizer(config, workdir: str, texts: list[str]) -> tokenizer_lib.Tokenizer:
-    """Process 0 trains (or finds) `<workdir>/tokenizer.json`; every process then loads that file."""
-    if parallel.is_main_process():
-        limit = config.get("tokenizer_texts")
-        tokenizer_lib.load_or_train(
-            workdir, texts[:limit] if limit else texts, config.model.text.vocab_size
-        )
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+def _main_then_all(tag: str, make: Callable[[], Any], read: Callable[[], Any]) -> Any:
+    """Process 0 runs `make` (which writes to the workdir); after a barrier every other process runs `read`."""
+    if jax.process_count() == 1:
+        return make()
+    from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices("nml_jax_clip_tokenizer")
-    return tokenizer_lib.Tokenizer.load(os.path.join(workdir, tokenizer_lib.FILE_NAME))
+    result = make() if parallel.is_main_process() else None
+    multihost_utils.sync_global_devices(tag)
+    return result if parallel.is_main_process() else read()
+
+
+def _shared_tokenizer(
+    config, workdir: str, texts: Callable[[], Iterable[str]]
+) -> tokenizer_lib.Tokenizer:
+    """Process 0 trains (on `texts()`) or finds `<workdir>/tokenizer.json`; every other process loads it."""
+    return _main_then_all(
+        "nml_jax_clip_tokenizer",
+        lambda: tokenizer_lib.load_or_train(workdir, texts(), config.model.text.vocab_size),
+        lambda: tokenizer_lib.Tokenizer.load(os.path.join(workdir, tokenizer_lib.FILE_NAME)),
+    )
+
+
+def _streamed_pairs(config, workdir: str) -> tuple[dict[str, Any], tokenizer_lib.Tokenizer]:
+    """TFRecord shards: record counts (shards.json), within-shard swaps (noise.npz) and the tokenizer (trained
+    on the first `config.tokenizer_texts` captions), each made once by process 0 and read by every process.
+    No caption is tokenized here: `captions.stream_pairs` does that shard by shard."""
+    from nml_jax.data import captions
+
+    files = captions.list_shards(config.shards)
+    counts = _main_then_all(
+        "nml_jax_clip_shards",
+        lambda: captions.load_or_count(workdir, files),
+        lambda: captions.read_counts(workdir, files),
+    )
+    record = noise.load_or_make(config, workdir, shard_counts=np.asarray(counts, np.int64))
+    tok = _shared_tokenizer(
+        config, workdir, lambda: captions.first_captions(files, config.get("tokenizer_texts"))
+    )
+    pairs = {
+        "files": files,
+        "counts": counts,
+        "caption_index": record["caption_index"],
+        "is_noisy": record["is_noisy"].astype(bool),
+    }
+    return pairs, tok
 
 
 def build_pairs(config, workdir: str) -> tuple[dict[str, Any], tokenizer_lib.Tokenizer]:
@@ -303,28 +342,26 @@ def build_pairs(config, workdir: str) -> tuple[dict[str, Any], tokenizer_lib.Tok
     from nml_jax.data import captions
 
     if config.dataset == TFRECORD:
-        files = captions.list_shards(config.shards)
-        texts, counts = captions.scan_captions(files)
-        extra = {"files": files, "counts": counts}
+        pairs, tok = _streamed_pairs(config, workdir)
     else:
         loaded = data.load(config.dataset, config.train_split, data_dir=config.data_dir)
         texts = captions.compose_captions(
             loaded["label"], captions.descriptions(config.dataset), config.caption_seed
         )
-        extra = {"image": loaded["image"]}
-    record = noise.load_or_make(config, workdir, labels=np.zeros(len(texts), np.int64))
-    tok = _shared_tokenizer(config, workdir, texts)
-    tokens = tok.encode(texts, config.model.text.context_length)
-    pairs = {
-        **extra,
-        "tokens": captions.swap_captions(tokens, record["caption_index"]),
-        "is_noisy": record["is_noisy"].astype(bool),
-    }
+        record = noise.load_or_make(config, workdir, labels=np.zeros(len(texts), np.int64))
+        limit = config.get("tokenizer_texts")
+        tok = _shared_tokenizer(config, workdir, lambda: texts[:limit] if limit else texts)
+        tokens = tok.encode(texts, config.model.text.context_length)
+        pairs = {
+            "image": loaded["image"],
+            "tokens": captions.swap_captions(tokens, record["caption_index"]),
+            "is_noisy": record["is_noisy"].astype(bool),
+        }
     logging.info(
         "Caption swap r=%.3f: %d of %d pairs mismatched.",
-        float(record["ratio"]),
+        float(config.noise.ratio),
         int(pairs["is_noisy"].sum()),
-        len(texts),
+        len(pairs["is_noisy"]),
     )
     return pairs, tok
 
@@ -336,7 +373,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     encoders.check_workdir(
         config,
         workdir,
-        (*trainer.OUTPUTS, SUMMARY_FILE, noise.NOISE_FILE, tokenizer_lib.FILE_NAME),
+        (*trainer.OUTPUTS, SUMMARY_FILE, noise.NOISE_FILE, tokenizer_lib.FILE_NAME, SHARDS_FILE),
     )
     pairs, tok = build_pairs(config, workdir)
     return train(config, workdir, pairs, tok)

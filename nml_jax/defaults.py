@@ -194,7 +194,7 @@ def clip_pretrain() -> ml_collections.ConfigDict:
     config.input.eval_batch_size = 500
     config.input.pp_train = FASHION_MNIST_PP
     config.input.pp_eval = FASHION_MNIST_PP
-    config.input.shuffle_buffer = 10_000  # Streamed shards only.
+    config.input.shuffle_buffer = 10_000  # Streamed shards: records per shuffle block (>= 1 shard).
     training_block(config)
     config.warmup_epochs = 0.1
     config.log_every_steps = 50

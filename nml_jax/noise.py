@@ -8,7 +8,8 @@ Exactly round(r * N) examples are corrupted, chosen from a seed, except for asym
 - matrix: a user-given row-stochastic C x C matrix T; a chosen example of class c takes class j != c with
   probability T[c, j] / (1 - T[c, c]) (so T sets *where* labels go, `ratio` how many move);
 - caption_swap: captions are exchanged among the chosen pairs by a derangement, so exactly the chosen image-text
-  pairs are mismatched.
+  pairs are mismatched; for sharded web data (TFRecord) the swaps stay within each shard, so that the input
+  pipeline can tokenize one shard at a time (`caption_swap_within_shards`).
 The realised C x C transition matrix (row-normalised confusion of clean -> noisy labels) is saved with the result.
 """
 
@@ -149,13 +150,70 @@ def caption_swap(num_pairs: int, ratio: float, rng: np.random.Generator) -> np.n
     so a count of 1 is rejected.
     """
     count = num_corrupted(ratio, num_pairs)
+    _check_swap_count(count, ratio, num_pairs)
+    chosen = rng.permutation(num_pairs)[:count]
+    index = np.arange(num_pairs)
+    index[chosen] = np.roll(chosen, 1)
+    return index
+
+
+def _check_swap_count(count: int, ratio: float, num_pairs: int) -> None:
     if count == 1:
         raise config_lib.ConfigError(
             f"noise.ratio={ratio} swaps 1 of {num_pairs} captions; a swap needs at least 2 pairs."
         )
-    chosen = rng.permutation(num_pairs)[:count]
-    index = np.arange(num_pairs)
-    index[chosen] = np.roll(chosen, 1)
+
+
+def shard_allocation(counts: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """How many of `total` swapped pairs each shard of counts[s] pairs gets (they sum to `total`).
+
+    Proportional by largest remainders (floor(total * n_s / N), then one more for the largest fractions, ties
+    broken at random), so every shard's share is within one pair of the ratio. A shard given exactly one pair
+    cannot derange it, so that pair moves to another shard that already has some and still has room.
+    """
+    counts = np.asarray(counts, np.int64)
+    n = int(counts.sum())
+    if not 0 <= total <= n:
+        raise ValueError(f"Cannot swap {total} of {n} pairs.")
+    quota = total * counts / max(n, 1)
+    alloc = np.floor(quota).astype(np.int64)
+    order = np.lexsort((rng.random(len(counts)), -(quota - alloc)))
+    alloc[order[: total - int(alloc.sum())]] += 1
+    while np.any(alloc == 1):
+        single = int(np.flatnonzero(alloc == 1)[0])
+        room = np.where((alloc >= 1) & (alloc < counts), counts - alloc, 0)
+        room[single] = 0
+        if not room.any():
+            raise config_lib.ConfigError(
+                f"Cannot swap {total} captions within shards of {counts.tolist()} pairs: one shard would "
+                "hold a single swapped pair. Use another noise.ratio."
+            )
+        target = int(np.argmax(room))
+        alloc[single] -= 1
+        alloc[target] += 1
+    return alloc
+
+
+def caption_swap_within_shards(
+    counts: np.ndarray, ratio: float, rng: np.random.Generator
+) -> np.ndarray:
+    """`caption_index` of a sharded dataset whose swaps never leave a shard (pairs numbered shard after shard).
+
+    Exactly round(ratio * N) pairs are mismatched, as in `caption_swap`, spread over the shards by
+    `shard_allocation`; within each shard the chosen pairs exchange captions by a random cyclic derangement.
+    The noise ratio and the statistics of a swapped pair (a caption of another, random image) stay those of a
+    global swap, but a shard's training captions are a permutation of its own: the input pipeline can read and
+    tokenize one shard at a time.
+    """
+    counts = np.asarray(counts, np.int64)
+    total = num_corrupted(ratio, int(counts.sum()))
+    _check_swap_count(total, ratio, int(counts.sum()))
+    index = np.arange(int(counts.sum()))
+    offset = 0
+    for n, k in zip(counts.tolist(), shard_allocation(counts, total, rng).tolist()):
+        chosen = offset + rng.permutation(n)[:k]
+        index[chosen] = np.roll(chosen, 1)
+        offset += n
     return index
 
 
@@ -213,25 +271,41 @@ def make_label_noise(
     }
 
 
-def make_caption_noise(num_pairs: int, noise_config: Any) -> dict[str, np.ndarray]:
-    """Caption swap; `transition` is the 2 x 2 matched/mismatched matrix of the pairs."""
+def make_caption_noise(
+    num_pairs: int, noise_config: Any, shard_counts: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Caption swap (within shards when `shard_counts` is given); `transition` is the 2 x 2 matched/mismatched
+    matrix of the pairs."""
     ratio = check_ratio(noise_config.ratio)
-    index = caption_swap(num_pairs, ratio, np.random.default_rng(noise_config.seed))
+    rng = np.random.default_rng(noise_config.seed)
+    if shard_counts is None:
+        index = caption_swap(num_pairs, ratio, rng)
+    else:
+        if int(np.sum(shard_counts)) != num_pairs:
+            raise ValueError(f"The shards hold {int(np.sum(shard_counts))} pairs, not {num_pairs}.")
+        index = caption_swap_within_shards(shard_counts, ratio, rng)
     is_noisy = index != np.arange(num_pairs)
     fraction = is_noisy.mean() if num_pairs else 0.0
-    return {
+    result = {
         "caption_index": index,
         "is_noisy": is_noisy,
         "transition": np.array([[1.0 - fraction, fraction], [0.0, 1.0]]),
         "ratio": np.float64(ratio),
         "seed": np.int64(noise_config.seed),
     }
+    if shard_counts is not None:
+        result["shard_counts"] = np.asarray(shard_counts, np.int64)
+    return result
 
 
 def settings(config: Any) -> dict[str, Any]:
     """Everything that decides the noise: dataset, split, kind, ratio, seed, pairs, matrix (as JSON values)."""
     noise = config.noise.to_dict() if hasattr(config.noise, "to_dict") else dict(config.noise)
     as_dict = {"dataset": config.dataset, "split": config.get("train_split", "train"), **noise}
+    if (
+        config.dataset == "tfrecord"
+    ):  # Sharded web data: the shards, and swaps kept within each shard.
+        as_dict.update(shards=config.get("shards"), swap="within_shard")
     return json.loads(json.dumps(as_dict, sort_keys=True, default=repr))
 
 
@@ -270,65 +344,82 @@ def load(path: str) -> dict[str, np.ndarray]:
 
 
 def load_or_make(
-    config: Any, workdir: str, labels: np.ndarray | None = None
+    config: Any,
+    workdir: str,
+    labels: np.ndarray | None = None,
+    shard_counts: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Returns the noise for `config`, reusing `<workdir>/noise.npz` when it was made with the same settings.
 
-    `labels` (the clean train labels) may be passed to avoid loading the dataset again. With several processes,
+    `labels` (the clean train labels) may be passed to avoid loading the dataset again; `shard_counts` (pairs
+    per shard) makes caption swaps stay within shards (`caption_swap_within_shards`). With several processes,
     only process 0 reads the labels and makes (or reuses) the file, once for all hosts (ImageNet: 1.28M labels
     read once, not once per host); after a barrier every other process reads it from the shared workdir.
     """
     import jax
 
     if jax.process_count() == 1:
-        return _load_or_make_here(config, workdir, labels)
+        return _load_or_make_here(config, workdir, labels, shard_counts)
     from jax.experimental import multihost_utils
 
     from nml_jax import parallel
 
-    result = _load_or_make_here(config, workdir, labels) if parallel.is_main_process() else None
+    result = (
+        _load_or_make_here(config, workdir, labels, shard_counts)
+        if parallel.is_main_process()
+        else None
+    )
     multihost_utils.sync_global_devices("nml_jax_noise")
     return result if result is not None else load(os.path.join(workdir, NOISE_FILE))
 
 
 def _load_or_make_here(
-    config: Any, workdir: str, labels: np.ndarray | None
+    config: Any, workdir: str, labels: np.ndarray | None, shard_counts: np.ndarray | None
 ) -> dict[str, np.ndarray]:
     """`load_or_make` in one process: reuse the file, refuse one made otherwise, or make and write it."""
     path = os.path.join(workdir, NOISE_FILE)
     key = settings_key(config)
     if files.exists(path):
         saved = load(path)
-        if str(saved.get("settings_key")) == key:
+        changes = _changes(saved, config) if str(saved.get("settings_key")) != key else ""
+        recounted = shard_counts is not None and not np.array_equal(
+            saved.get("shard_counts"), shard_counts
+        )
+        if not changes and recounted:
+            changes = "the shards now hold other numbers of records"
+        if not changes:
             return saved
         if not config.get("overwrite", False):
             from nml_jax import workdir as workdir_lib
 
             raise workdir_lib.WorkdirError(
-                f"{path} holds noise made with other settings ({_changes(saved, config)}). "
+                f"{path} holds noise made with other settings ({changes}). "
                 "Use another --workdir, or pass --config.overwrite=True to make it again."
             )
         logging.warning(
             "--config.overwrite=True: %s was made with other settings; making it again.", path
         )
-    result = _make(config, labels)
+    result = _make(config, labels, shard_counts)
     save(result, path, config)
     result["settings_key"] = np.array(key)
     return result
 
 
-def _make(config: Any, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+def _make(
+    config: Any, labels: np.ndarray | None, shard_counts: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """The noise of `config` over the train split's labels (`labels`, else read from the dataset)."""
     from nml_jax import data
 
     split = config.get("train_split", "train")
     if config.noise.kind == "caption_swap":
-        count = (
-            len(labels)
-            if labels is not None
-            else data.num_examples(config.dataset, split, config.get("data_dir"))
-        )
-        result = make_caption_noise(count, config.noise)
+        if shard_counts is not None:
+            count = int(np.sum(shard_counts))
+        elif labels is not None:
+            count = len(labels)
+        else:
+            count = data.num_examples(config.dataset, split, config.get("data_dir"))
+        result = make_caption_noise(count, config.noise, shard_counts)
     else:
         if labels is None:
             labels = data.load_labels(config.dataset, split, data_dir=config.get("data_dir"))

@@ -22,7 +22,7 @@ from nml_jax import (
     parallel,
     tokenizer,
 )
-from nml_jax.data import captions
+from nml_jax.data import captions, shards
 from nml_jax.models import clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,14 +181,29 @@ def test_captions_are_deterministic_and_swap_is_exact(tmp_path):
 
 
 def test_tfrecord_shards_round_trip(tmp_path):
+    """Images arrive with their captions, tokenized per shard: a clean pair carries its own caption, a swapped
+    pair the caption of another record of its shard; the processes split the shards; a resume is exact."""
     images = data.load("nml_fashion_mnist", "test[:40]")["image"]
     texts = [f"caption number {i}" for i in range(40)]
     paths = captions.write_shards(str(tmp_path / "pairs"), images, texts, num_shards=4)
     files = captions.list_shards(str(tmp_path / "pairs-*.tfrecord"))
     assert files == paths
-    scanned, counts = captions.scan_captions(files)
-    assert scanned == texts and counts == [10, 10, 10, 10]
-    common = dict(global_batch=8, seed=0, pp="decode(1)", shuffle_buffer=4)
+    workdir = str(tmp_path / "work")
+    counts = captions.load_or_count(workdir, files)
+    assert counts == [10, 10, 10, 10] and captions.read_counts(workdir, files) == counts
+    assert list(captions.first_captions(files, 13)) == texts[:13]
+    record = noise.make_caption_noise(40, defaults.noise_block("caption_swap", 0.3, 2), counts)
+    tok = tokenizer.train(texts, vocab_size=300)
+    clean = tok.encode(texts, 8)
+    common = dict(
+        caption_index=record["caption_index"],
+        is_noisy=record["is_noisy"],
+        tokenize=lambda t: tok.encode(t, 8),
+        global_batch=8,
+        seed=0,
+        pp="decode(1)",
+        shuffle_buffer=4,
+    )
     seen = {}
     for process in (0, 1):
         batches = captions.stream_pairs(
@@ -197,23 +212,112 @@ def test_tfrecord_shards_round_trip(tmp_path):
         for _ in range(5):  # 20 examples per process and epoch, 4 per batch.
             batch = next(batches)
             assert batch["image"].shape == (4, 28, 28, 1)
-            for image, i in zip(batch["image"], batch["index"]):
+            for image, i, tokens, swapped in zip(
+                batch["image"], batch["index"], batch["tokens"], batch["is_noisy"]
+            ):
                 seen.setdefault(int(i), process)
                 # JPEG is lossy; the decoded image stays close to the original.
                 assert np.abs(image.astype(float) - images[i].astype(float)).mean() < 8
+                (source,) = np.flatnonzero((clean == tokens).all(axis=1))
+                assert source == record["caption_index"][i] and swapped == (source != i)
+                assert source // 10 == i // 10  # The caption comes from the same shard.
     # Process 0 reads shards 0 and 2, process 1 shards 1 and 3; together every example once.
     assert sorted(seen) == list(range(40))
     assert all(seen[i] == (i // 10) % 2 for i in seen)
-    # Resume: the batches from step 3 equal those of an uninterrupted stream.
+    assert int(record["is_noisy"].sum()) == 12  # round(0.3 * 40).
+    # Resume: the batches from step 13 (epoch 2) equal those of an uninterrupted stream.
     straight = captions.stream_pairs(files, counts, process_index=0, process_count=1, **common)
     resumed = captions.stream_pairs(
-        files, counts, process_index=0, process_count=1, start_step=3, **common
+        files, counts, process_index=0, process_count=1, start_step=13, **common
     )
-    for _ in range(3):
+    for _ in range(13):
         next(straight)
-    np.testing.assert_array_equal(next(straight)["index"], next(resumed)["index"])
+    for _ in range(3):
+        a, b = next(straight), next(resumed)
+        for key in ("index", "image", "tokens", "is_noisy"):
+            np.testing.assert_array_equal(a[key], b[key])
     with pytest.raises(FileNotFoundError, match="jpg"):
         captions.list_shards(str(tmp_path / "missing-*.tfrecord"))
+    with pytest.raises(ValueError, match="caption_index has 39 entries"):
+        captions.stream_pairs(files, counts, **{**common, "caption_index": np.arange(39)})
+
+
+def test_streamed_pairs_resume_skips_earlier_shards(tmp_path):
+    """A resumed CLIP stream never opens the shards of the blocks before its resume point: removing them
+    leaves its batches unchanged."""
+    images = data.load("nml_fashion_mnist", "test[:48]")["image"]
+    texts = [f"caption {i}" for i in range(48)]
+    files = captions.write_shards(str(tmp_path / "pairs"), images, texts, num_shards=8)
+    counts = captions.count_records(files)
+    record = noise.make_caption_noise(48, defaults.noise_block("caption_swap", 0.5, 0), counts)
+    tok = tokenizer.train(texts, vocab_size=300)
+    common = dict(
+        caption_index=record["caption_index"],
+        is_noisy=record["is_noisy"],
+        tokenize=lambda t: tok.encode(t, 8),
+        global_batch=6,
+        seed=1,
+        pp="decode(1)",
+        shuffle_buffer=6,  # One shard per block.
+        process_index=0,
+        process_count=1,
+    )
+    straight = [
+        next(b) for b in [captions.stream_pairs(files, counts, **common)] for _ in range(14)
+    ]
+    # Step 13 = epoch 1, its 6th block (one shard of 6 records = one batch each).
+    epoch, block, offset = shards.locate(np.array(counts), 1, 1, 0, 13 * 6)
+    assert (epoch, block, offset) == (1, 5, 0)
+    order = shards.epoch_blocks(8, 1, 1, 0, epoch=1)
+    for ids in order[:block]:
+        os.remove(files[int(ids[0])])
+    resumed = next(captions.stream_pairs(files, counts, start_step=13, **common))
+    for key in ("index", "image", "tokens"):
+        np.testing.assert_array_equal(resumed[key], straight[13][key])
+
+
+def test_shard_counts_noise_and_tokenizer_are_made_once(tmp_path, monkeypatch):
+    """With two processes, process 0 counts the records, makes the within-shard swaps and trains the BPE on the
+    first `tokenizer_texts` captions; process 1 counts nothing, reads no caption, waits at the barriers and
+    reads the three files from the shared workdir."""
+    from jax.experimental import multihost_utils
+
+    images = data.load("nml_fashion_mnist", "test[:30]")["image"]
+    texts = [f"a photo number {i}" for i in range(30)]
+    captions.write_shards(str(tmp_path / "pairs"), images, texts, num_shards=3)
+    config = clip_yfcc15m.get_config("noise=0.2")
+    config.shards = str(tmp_path / "pairs-*.tfrecord")
+    config.tokenizer_texts = 12
+    workdir = str(tmp_path / "work")
+    barriers, trained_on = [], []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", barriers.append)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    train = tokenizer.train
+    monkeypatch.setattr(
+        tokenizer, "train", lambda t, v: train(trained_on.extend(t) or trained_on, v)
+    )
+    made, tok = clip_pretrain.build_pairs(config, workdir)
+    assert trained_on == texts[:12]
+    assert made["counts"] == [10, 10, 10] and int(made["is_noisy"].sum()) == 6
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("process 1 read the shards")
+
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(captions, "count_records", no_reading)
+    monkeypatch.setattr(captions, "first_captions", no_reading)
+    read, tok_1 = clip_pretrain.build_pairs(config, workdir)
+    assert barriers == ["nml_jax_clip_shards", "nml_jax_noise", "nml_jax_clip_tokenizer"] * 2
+    assert read["counts"] == made["counts"] and read["files"] == made["files"]
+    np.testing.assert_array_equal(read["caption_index"], made["caption_index"])
+    np.testing.assert_array_equal(tok_1.encode(texts, 8), tok.encode(texts, 8))
+    # Another shard layout under the same workdir is refused, not silently mismatched.
+    captions.write_shards(str(tmp_path / "pairs"), images[:20], texts[:20], num_shards=3)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    monkeypatch.setattr(captions, "count_records", lambda files: [7, 7, 6])
+    with pytest.raises(Exception, match="other numbers of records"):
+        clip_pretrain.build_pairs(config, workdir)
 
 
 @pytest.fixture(scope="module")

@@ -54,11 +54,16 @@ def test_tfrecord_shards_read_from_a_url():
     written = captions.write_shards("ram://nml_shards/pairs", images, texts, num_shards=2)
     shards = captions.list_shards("ram://nml_shards/pairs-*.tfrecord")
     assert shards == written and len(shards) == 2
-    assert captions.scan_captions(shards) == (texts, [3, 3])
+    assert captions.count_records(shards) == [3, 3]
+    assert list(captions.first_captions(shards, None)) == texts
+    tokenize = lambda t: np.array([[int(x.split()[1])] for x in t], np.int32)
     batch = next(
         captions.stream_pairs(
             shards,
             [3, 3],
+            caption_index=np.arange(6),
+            is_noisy=np.zeros(6, bool),
+            tokenize=tokenize,
             global_batch=6,
             seed=0,
             pp="decode(1)",
@@ -68,6 +73,7 @@ def test_tfrecord_shards_read_from_a_url():
         )
     )
     assert sorted(batch["index"].tolist()) == list(range(6))
+    np.testing.assert_array_equal(batch["tokens"][:, 0], batch["index"])
     order = np.asarray(batch["index"])
     # JPEG is lossy; the decoded images stay close to the originals.
     assert np.abs(batch["image"].astype(float) - images[order].astype(float)).mean() < 12

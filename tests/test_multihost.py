@@ -4,6 +4,7 @@ results of one process x 4 devices: supervised and CLIP pre-training, features, 
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -292,3 +293,55 @@ def test_local_multiprocess_script_runs_a_two_process_job(tmp_path):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     logged = [r["step"] for r in records if "train_loss" in r]
     assert logged == [1, 2]  # One writer: each step once.
+
+
+@pytest.mark.slow
+def test_two_processes_stream_clip_shards_and_resume(tmp_path):
+    """CLIP on 4 TFRecord shards with 2 processes (each streams its own 2 shards; shards.json, noise.npz and the
+    tokenizer made once by process 0): both see the same global losses, and a run resumed at the step-2
+    checkpoint logs the uninterrupted run's losses of steps 3-4."""
+    from nml_jax import data
+    from nml_jax.data import captions
+
+    images = np.repeat(data.load("nml_fashion_mnist", "train[:96]")["image"], 3, axis=-1)
+    captions.write_shards(
+        str(tmp_path / "pairs"), images, [f"a photo of item {i}" for i in range(96)], 4
+    )
+    script = os.path.join(t.REPO, "tests", "two_process_clip_shards.py")
+    workdir = str(tmp_path / "work")
+
+    def run(tag):
+        outs = [str(tmp_path / f"{tag}{i}.json") for i in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, script, str(tmp_path / "pairs-*.tfrecord"), workdir, out],
+                env=env,
+                cwd=t.REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            for out, env in zip(outs, _envs(2))
+        ]
+        wait_all(procs)
+        results = []
+        for out in outs:
+            with open(out) as f:
+                results.append(json.load(f))
+        return results
+
+    first = run("first")
+    assert first[0]["losses"] == first[1]["losses"] and len(first[0]["losses"]) == 4
+    for name in ("shards.json", "noise.npz", "tokenizer.json"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+    os.remove(os.path.join(workdir, "clip_summary.json"))
+    resumed = run("resumed")
+    for r in resumed:
+        assert r["resumed_from"] == 2
+        assert r["losses"] == first[0]["losses"][2:] and r["zero_shot"] == first[0]["zero_shot"]
+
+
+def _envs(num_processes: int) -> list[dict[str, str]]:
+    port = free_port()
+    return [process_env(num_processes, 2, index, port) for index in range(num_processes)]

@@ -174,6 +174,36 @@ def test_caption_swap_of_one_pair_rejected():
         noise.make_caption_noise(10, _config("caption_swap", 0.1).noise)
 
 
+@pytest.mark.parametrize(
+    "counts, ratio",
+    [([100, 100, 100], 0.1), ([7, 13, 40, 1, 9], 0.25), ([8, 8], 0.2), ([5, 5, 5, 5], 0.1)],
+)
+def test_caption_swap_within_shards(counts, ratio):
+    """Exactly round(r * N) pairs swapped, every caption used once, no caption leaves its shard, and every
+    shard's share is within one pair of r (or 0 / 2 where a lone pair had to move)."""
+    n = sum(counts)
+    out = noise.make_caption_noise(n, _config("caption_swap", ratio).noise, np.array(counts))
+    index = out["caption_index"]
+    assert sorted(index.tolist()) == list(range(n))
+    assert (index != np.arange(n)).sum() == round(ratio * n)
+    shard = np.repeat(np.arange(len(counts)), counts)
+    np.testing.assert_array_equal(shard[index], shard)
+    per_shard = np.bincount(shard, weights=out["is_noisy"], minlength=len(counts))
+    assert not np.any(per_shard == 1)
+    ok = (np.abs(per_shard - ratio * np.array(counts)) < 1) | np.isin(per_shard, (0, 2))
+    assert ok.sum() >= len(counts) - 1, per_shard  # At most one shard takes the moved pairs.
+    np.testing.assert_array_equal(out["shard_counts"], counts)
+
+
+def test_shard_allocation_moves_lone_pairs():
+    rng = np.random.default_rng(0)
+    # 4 swaps over 4 equal shards: one each would leave every shard with a pair it cannot derange.
+    alloc = noise.shard_allocation(np.array([5, 5, 5, 5]), 4, rng)
+    assert alloc.sum() == 4 and set(alloc.tolist()) <= {0, 2, 4}
+    with pytest.raises(config_lib.ConfigError, match="single swapped pair"):
+        noise.shard_allocation(np.array([2, 1]), 3, rng)
+
+
 def test_load_or_make_reuses_refuses_and_remakes(tmp_path, labels):
     first = noise.load_or_make(_config(ratio=0.1), str(tmp_path), labels=labels)
     saved = noise.load(str(tmp_path / "noise.npz"))

@@ -8,19 +8,23 @@ says so. Zero-shot classification uses its own prompt templates and the first sy
 Paper scale (YFCC15M, CC3M, CC12M): TFRecord shards found by a glob; every record is a `tf.train.Example` with
   - `jpg`: bytes, the encoded image (JPEG or PNG),
   - `txt`: bytes, the UTF-8 caption.
-Shards are read in sorted file order; process p of P reads shards p, p + P, ... . Example i of the dataset is
-record i in that order (`scan_captions` counts the records of each shard), so caption-swap noise and the token
-table are indexed the same way on every process.
+Example i of the dataset is record i with the shards in sorted file order; process 0 counts the records of each
+shard once and stores the counts in `<workdir>/shards.json`, which every process reads. Process p of P streams
+shards p, p + P, ... (`stream_pairs`), reading each shard's images and captions together: captions are
+tokenized per shard in the input pipeline and caption-swap noise never leaves a shard, so no process ever holds
+all captions or all tokens; a resumed run skips whole shards instead of re-reading every record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from nml_jax.data import pipeline
+from nml_jax import files as files_lib
+from nml_jax.data import pipeline, shards
 
 # Class -> (synonyms, category). The first synonym is the class's zero-shot name.
 FASHION_MNIST_DESCRIPTIONS = (
@@ -49,6 +53,8 @@ TRAIN_TEMPLATES = (
 )
 ZERO_SHOT_TEMPLATES = ("a photo of a {name}.", "a picture of a {name}.", "an image of the {name}.")
 
+# {'files', 'bytes', 'counts'}: records per shard, counted once by process 0 (recounted when a size changes).
+SHARDS_FILE = "shards.json"
 TFRECORD_FEATURES = {
     "jpg": tf.io.FixedLenFeature([], tf.string),
     "txt": tf.io.FixedLenFeature([], tf.string),
@@ -146,28 +152,109 @@ def list_shards(pattern: str) -> list[str]:
     return files
 
 
-def scan_captions(files: Sequence[str]) -> tuple[list[str], list[int]]:
-    """Every caption in file order and the number of records of each shard (images are not decoded)."""
-    texts, counts = [], []
+def count_records(files: Sequence[str]) -> list[int]:
+    """The number of records of each shard (read once, nothing parsed)."""
+    return [
+        int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1)) for path in files
+    ]
+
+
+def _listing(files: Sequence[str]) -> dict[str, list]:
+    """The shard files with their sizes in bytes (one stat each), what shards.json's counts belong to."""
+    return {"files": list(files), "bytes": [int(tf.io.gfile.stat(f).length) for f in files]}
+
+
+def load_or_count(workdir: str, files: Sequence[str]) -> list[int]:
+    """The record counts of `files`, from `<workdir>/shards.json` when it lists the same files of the same sizes,
+    else counted and written there (call it in process 0; the others read the file with `read_counts`)."""
+    path = os.path.join(workdir, SHARDS_FILE)
+    listing = _listing(files)
+    saved = files_lib.read_json(path)
+    if isinstance(saved, dict) and {k: saved.get(k) for k in listing} == listing:
+        return saved["counts"]
+    counts = count_records(files)
+    files_lib.write_json(path, {**listing, "counts": counts})
+    return counts
+
+
+def read_counts(workdir: str, files: Sequence[str]) -> list[int]:
+    """The record counts process 0 stored in `<workdir>/shards.json`; a ValueError if they are of other files."""
+    path = os.path.join(workdir, SHARDS_FILE)
+    saved = files_lib.read_json(path)
+    if not isinstance(saved, dict) or saved.get("files") != list(files):
+        raise ValueError(
+            f"{path} does not list the {len(files)} shards this process found; every process must see "
+            "the same files, and process 0 writes this file first."
+        )
+    return saved["counts"]
+
+
+def first_captions(files: Sequence[str], limit: int | None) -> Iterator[str]:
+    """The first `limit` captions (all when None) in shard order, one shard read at a time (no images decoded)."""
     spec = {"txt": TFRECORD_FEATURES["txt"]}
+    remaining = limit
     for path in files:
-        ds = tf.data.TFRecordDataset(path).map(
-            lambda r: tf.io.parse_single_example(r, spec)["txt"],
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
+        if remaining is not None and remaining <= 0:
+            return
+        ds = tf.data.TFRecordDataset(path).map(lambda r: tf.io.parse_single_example(r, spec)["txt"])
+        if remaining is not None:
+            ds = ds.take(remaining)
+        for batch in ds.batch(4096).as_numpy_iterator():
+            if remaining is not None:
+                remaining -= len(batch)
+            yield from (t.decode("utf-8") for t in batch)
+
+
+def _shard_reader(
+    tokenize: Callable[[list[str]], np.ndarray], local_index: np.ndarray, is_noisy: np.ndarray
+) -> Callable[[dict[str, tf.Tensor]], tf.data.Dataset]:
+    """piece -> its records {'image' (undecoded), 'tokens', 'is_noisy', 'index'} batched, one read of the shard.
+
+    The shard's captions are tokenized together, and record i gets the tokens of record local_index[i] of the
+    same shard (`local_index` and `is_noisy` are this process's shards' entries, concatenated in shard order;
+    a piece's `row` is where its shard starts there).
+    """
+    local_index = tf.constant(np.asarray(local_index, np.int64))
+    is_noisy = tf.constant(np.asarray(is_noisy, bool))
+
+    def encode(texts):
+        return tokenize([t.decode("utf-8") for t in texts])
+
+    def attach(piece, records):
+        n = piece["count"]
+        check = tf.debugging.assert_equal(
+            tf.shape(records["txt"], out_type=tf.int64)[0],
+            n,
+            message="A shard holds another number of records than shards.json says (was it rewritten?)",
         )
-        before = len(texts)
-        texts.extend(
-            t.decode("utf-8") for batch in ds.batch(4096).as_numpy_iterator() for t in batch
+        with tf.control_dependencies([check]):
+            tokens = tf.numpy_function(encode, [records["txt"]], tf.int32, stateful=False)
+        tokens = tf.ensure_shape(tokens, [None, None])
+        rows = tf.range(n) + piece["row"]
+        return {
+            "image": records["jpg"],
+            "tokens": tf.gather(tokens, tf.gather(local_index, rows)),
+            "is_noisy": tf.gather(is_noisy, rows),
+            "index": piece["first_index"] + tf.range(n),
+        }
+
+    def read(piece):
+        # The whole shard as one element (a shuffle block holds at least a shard anyway).
+        whole = tf.data.TFRecordDataset(piece["path"]).batch(piece["count"])
+        return whole.map(
+            lambda serialized: attach(piece, tf.io.parse_example(serialized, TFRECORD_FEATURES))
         )
-        counts.append(len(texts) - before)
-    return texts, counts
+
+    return read
 
 
 def stream_pairs(
     files: Sequence[str],
     counts: Sequence[int],
     *,
+    caption_index: np.ndarray,
+    is_noisy: np.ndarray,
+    tokenize: Callable[[list[str]], np.ndarray],
     global_batch: int,
     seed: int,
     start_step: int = 0,
@@ -176,40 +263,58 @@ def stream_pairs(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Infinite batches {'image', 'index'} of this process's shards (p, p + P, ...), shuffled and repeated.
+    """Infinite batches {'image', 'tokens', 'is_noisy', 'index'} of this process's shards (p, p + P, ...).
 
-    `index` is the example's position in the whole dataset (see the module docstring); the caller looks its
-    caption up by index, which is how caption-swap noise applies without rewriting the shards. The first
-    `start_step` batches are skipped, so a resumed run sees the same batches. `pp` must start with a decode op.
+    Every shard is read once per epoch, its captions tokenized by `tokenize` (texts -> int32 [n, L]) as it is
+    read and handed out as `caption_index` says (swaps within the shard, `noise.caption_swap_within_shards`),
+    so no process holds more than a shuffle block of captions or tokens. The order is `shards.stream`'s: per
+    epoch the shards in a (seed, process, epoch) order, permuted fully within blocks of about `shuffle_buffer`
+    records; the first `start_step` batches are skipped by position, so a resumed run opens only the shards of
+    its block and later ones and sees the same batches. `index` is the pair's position in the whole dataset
+    (shards in sorted order). `pp` must start with a decode op.
     """
     index, count, local = pipeline._processes(process_index, process_count, global_batch)
+    counts = np.asarray(counts, np.int64)
     if len(files) != len(counts):
         raise ValueError(f"{len(files)} shards but {len(counts)} record counts.")
     if len(files) < count:
         raise ValueError(f"{len(files)} shards cannot be split over {count} processes.")
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    mine = list(range(index, len(files), count))
-    spec = {"jpg": TFRECORD_FEATURES["jpg"]}
-
-    def read(path, offset):
-        def parse(position, record):
-            return {
-                "image": tf.io.parse_single_example(record, spec)["jpg"],
-                "index": offset + position,
-            }
-
-        return tf.data.TFRecordDataset(path).enumerate().map(parse)
-
-    shards = tf.data.Dataset.from_tensor_slices(
-        ([files[i] for i in mine], offsets[mine].astype(np.int64))
+    for name, values in (("caption_index", caption_index), ("is_noisy", is_noisy)):
+        if len(values) != counts.sum():
+            raise ValueError(
+                f"{name} has {len(values)} entries; the shards hold {counts.sum()} pairs."
+            )
+    offsets = np.cumsum(counts) - counts
+    mine = np.arange(index, len(files), count)
+    local_index = np.concatenate(
+        [np.asarray(caption_index[offsets[s] : offsets[s] + counts[s]]) - offsets[s] for s in mine]
     )
-    ds = shards.flat_map(read)
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    pieces = {
+        "path": np.asarray(files)[mine],
+        "count": counts[mine],
+        "first_index": offsets[mine],
+        "row": np.cumsum(counts[mine]) - counts[mine],
+    }
+    noisy = np.concatenate(
+        [np.asarray(is_noisy[offsets[s] : offsets[s] + counts[s]]) for s in mine]
+    )
+    reader = _shard_reader(tokenize, local_index, noisy)
+    ds = shards.stream(
+        pieces,
+        reader,
+        block_size=shuffle_buffer,
+        seed=seed,
+        process=index,
+        start=start_step * local,
+    )
     process_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
-    def with_seed(position, example):
-        seeds = pipeline._aug_seeds(process_seed, position)
-        return {**example, pipeline.preprocess.SEED_KEY: seeds}
+    def with_seed(example):
+        position = example.pop(shards.POSITION)
+        return {
+            **example,
+            pipeline.preprocess.SEED_KEY: pipeline._aug_seeds(process_seed, position),
+        }
 
-    ds = ds.enumerate().skip(start_step * local).map(with_seed)
+    ds = ds.map(with_seed)
     return pipeline._finish(pipeline._apply_pp(ds, pp).batch(local, drop_remainder=True))

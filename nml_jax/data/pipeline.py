@@ -7,8 +7,9 @@ Determinism contract (what makes resume and multi-host runs exact):
   augmentation of an example is seeded from (seed, step, position in the global batch).
 - `eval_batches` / `stream_eval`: one pass; every process yields the same number of batches, the tail padded
   with copies marked `mask == 0`, so summing over `mask` counts every example exactly once over all processes.
-- `stream_train`: each process reads its own `tfds.even_splits` part in a fixed order; every example carries its
-  `index` in the whole split (the row of `load(name, split)`), which also picks its label from `label_table`.
+- `stream_train`: each process reads its own `tfds.even_splits` part, shuffled by blocks of shard files
+  (`shards.stream`: resuming opens no file before the resume block); every example carries its `index` in the
+  whole split (the row of `load(name, split)`), which also picks its label from `label_table`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from nml_jax import data as data_lib
-from nml_jax.data import preprocess
+from nml_jax.data import preprocess, shards
 
 _MAX_STEPS = 2**62
 _AUG_SALT = 0x5EED  # Separates the augmentation seeds from the permutation seeds.
@@ -192,34 +193,53 @@ def _even_sizes(n: int, count: int) -> list[int]:
     return [n // count + (i < n % count) for i in range(count)]
 
 
-def _stream_part(name, split, data_dir, index, count, label_table):
-    """(this process's examples with their `index` in the whole split, sizes of all parts)."""
+def _stream_part(name, split, data_dir, index, count):
+    """(this process's examples with their `index` in the whole split, sizes of all parts), in file order."""
     builder = data_lib.builder(name, data_dir)
     n = builder.info.splits[split].num_examples
     sizes = _even_sizes(n, count)
     offset = sum(sizes[:index])
     decoders = None
     if isinstance(builder.info.features["image"], tfds.features.Image):
-        # Undecoded JPEG/PNG bytes: a pp `decode...` op decodes them, so skipping on resume stays cheap.
+        # Undecoded JPEG/PNG bytes: a pp `decode...` op decodes them.
         decoders = {"image": tfds.decode.SkipDecoding()}
     part = tfds.even_splits(split, n=count)[index]
     ds = builder.as_dataset(
         split=part, shuffle_files=False, read_config=data_lib.READ_CONFIG, decoders=decoders
     )
-    table = None if label_table is None else tf.constant(np.asarray(label_table))
-    if table is not None and len(label_table) != n:
-        raise ValueError(
-            f"label_table has {len(label_table)} entries; {name}/{split} has {n} examples."
-        )
 
     def with_index(i, example):
         example = dict(example)
         example["index"] = i + offset
-        label = example["label"] if table is None else tf.gather(table, example["index"])
-        example["label"] = tf.cast(label, tf.int32)
+        example["label"] = tf.cast(example["label"], tf.int32)
         return example
 
     return ds.enumerate().map(with_index), sizes
+
+
+def _part_pieces(name, split, data_dir, index, count):
+    """(this process's `tfds.even_splits` part as pieces (shards.stream), sizes of all parts, the builder).
+
+    A piece is one TFDS file instruction: `take` records of `path` after the first `skip`, the first of them
+    example `first_index` of the whole split.
+    """
+    builder = data_lib.builder(name, data_dir)
+    if builder.info.file_format != tfds.core.FileFormat.TFRECORD:
+        raise ValueError(
+            f"{name}: stream_train reads TFRecord shards; this dataset is stored as "
+            f"{builder.info.file_format}. Prepare it with file_format='tfrecord'."
+        )
+    sizes = _even_sizes(builder.info.splits[split].num_examples, count)
+    part = builder.info.splits[tfds.even_splits(split, n=count)[index]]
+    instructions = [i for i in part.file_instructions if i.take > 0]
+    takes = np.array([i.take for i in instructions], np.int64)
+    pieces = {
+        "path": np.array([i.filename for i in instructions]),
+        "skip": np.array([i.skip for i in instructions], np.int64),
+        "count": takes,
+        "first_index": sum(sizes[:index]) + np.cumsum(takes) - takes,
+    }
+    return pieces, sizes, builder
 
 
 def stream_train(
@@ -238,34 +258,60 @@ def stream_train(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite training batches streamed from a TFDS split too big for memory (e.g. imagenet2012).
 
-    Each process reads its `tfds.even_splits` part in file order. Epoch e of the part is its own pass, shuffled
-    with a buffer of `shuffle_buffer` and a seed of (seed, process, e); the global batch at step s is made of
-    examples s * B / P ... of this sequence of epochs, so a run resumed at `start_step` sees the same batches
-    as an uninterrupted one. Resuming never re-reads the epochs before the resume point: it starts at epoch
-    start_step * B / P // part_size and skips, undecoded, only the records of that epoch already used.
+    Each process reads its `tfds.even_splits` part, cut into pieces by the split's shard files, as
+    `shards.stream` orders it: per epoch the pieces in a (seed, process, epoch) order, permuted fully within
+    blocks of about `shuffle_buffer` records. The global batch at step s is made of positions s * B / P ... of
+    this process's sequence, so a run resumed at `start_step` sees the same batches as an uninterrupted one,
+    and opens only the shard files of the block it resumes in and of later blocks.
     `label_table` (e.g. noisy labels, one per example of the whole split) replaces `label` by `index`.
     Image features arrive undecoded, so `pp` should start with a decode op (`decode`, or
     `decode_jpeg_and_inception_crop(224)`), which passes already-decoded images through.
     """
     index, count, local = _processes(process_index, process_count, global_batch)
-    part, sizes = _stream_part(name, split, data_dir, index, count, label_table)
-    size = sizes[index]
-    if size == 0:
+    pieces, sizes, builder = _part_pieces(name, split, data_dir, index, count)
+    if sizes[index] == 0:
         raise ValueError(f"{name}/{split}: process {index} of {count} has no examples to train on.")
-    first_epoch, offset = divmod(start_step * local, size)
+    n = sum(sizes)
+    if label_table is not None and len(label_table) != n:
+        raise ValueError(
+            f"label_table has {len(label_table)} entries; {name}/{split} has {n} examples."
+        )
+    table = None if label_table is None else tf.constant(np.asarray(label_table))
+    decoders = None
+    if isinstance(builder.info.features["image"], tfds.features.Image):
+        # Undecoded JPEG/PNG bytes: a pp `decode...` op decodes them after the shuffle.
+        decoders = {"image": tfds.decode.SkipDecoding()}
+
+    def read_piece(piece):
+        def parse(i, record):
+            example = dict(builder.info.features.deserialize_example(record, decoders=decoders))
+            example["index"] = piece["first_index"] + i
+            label = example["label"] if table is None else tf.gather(table, example["index"])
+            example["label"] = tf.cast(label, tf.int32)
+            return example
+
+        records = tf.data.TFRecordDataset(piece["path"]).skip(piece["skip"]).take(piece["count"])
+        parsed = records.enumerate().map(
+            parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        return parsed.batch(piece["count"])
+
     process_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-    epoch_seed = int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0]) % 2**40
-
-    def epoch(e):
-        order = part.shuffle(
-            shuffle_buffer, seed=epoch_seed * 1_000_003 + e, reshuffle_each_iteration=False
-        )
-        # The example's position in this process's sequence seeds its augmentation.
-        return order.enumerate().map(
-            lambda i, ex: {**ex, preprocess.SEED_KEY: _aug_seeds(process_seed, e * size + i)}
-        )
-
-    ds = tf.data.Dataset.range(first_epoch, _MAX_STEPS).flat_map(epoch).skip(offset)
+    ds = shards.stream(
+        pieces,
+        read_piece,
+        block_size=shuffle_buffer,
+        seed=seed,
+        process=index,
+        start=start_step * local,
+    )
+    # The example's position in this process's sequence seeds its augmentation.
+    ds = ds.map(
+        lambda ex: {
+            **{k: v for k, v in ex.items() if k != shards.POSITION},
+            preprocess.SEED_KEY: _aug_seeds(process_seed, ex[shards.POSITION]),
+        }
+    )
     return _finish(_apply_pp(ds, pp).batch(local, drop_remainder=True))
 
 
@@ -284,7 +330,7 @@ def stream_eval(
     The preprocessed examples need fully defined shapes (the padding is built from them).
     """
     index, count, local = _processes(process_index, process_count, global_batch)
-    ds, sizes = _stream_part(name, split, data_dir, index, count, None)
+    ds, sizes = _stream_part(name, split, data_dir, index, count)
     num_batches = -(-max(sizes) // local)
     ds = _apply_pp(ds.map(lambda ex: {**ex, preprocess.SEED_KEY: _aug_seeds(0, ex["index"])}), pp)
     ds = ds.map(lambda ex: {**ex, "mask": tf.constant(1.0)})
