@@ -37,7 +37,7 @@ def make_step(
     compiler_options: dict | None = None,
 ):
     """(train_step, state, batch) for one case, built from configs/pretrain.py and nml_jax.pretrain; compiled
-    with `compiler_options` (default: `parallel.conv_net_options()`, as `pretrain.train` does)."""
+    with `compiler_options` (default: `parallel.conv_net_options(train=True)`, as `pretrain.train` does)."""
     config = common.load_config("pretrain.py", f"model={model_name}")
     config.model.update({"dtype": dtype, **model_kwargs})
     num_classes = 10 if model_name != "resnet50" else 1000
@@ -60,7 +60,7 @@ def make_step(
         in_shardings=(shardings, parallel.data_sharding(mesh)),
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=0,
-        compiler_options=parallel.conv_net_options()
+        compiler_options=parallel.conv_net_options(train=True)
         if compiler_options is None
         else compiler_options,
     )

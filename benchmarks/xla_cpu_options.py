@@ -35,6 +35,7 @@ CANDIDATES = {
     "no_ynn": "--xla_cpu_experimental_ynn_fusion_type=",
     "no_ynn_dot": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
     "no_ynn_conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+    "ynn_eltwise_reduce": "--xla_cpu_experimental_ynn_fusion_type=eltwise,reduce",
     "xnn_graph": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
     "onednn": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
     "eigen_one_thread": "--xla_cpu_multi_thread_eigen=false",

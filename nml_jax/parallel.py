@@ -117,17 +117,21 @@ def log_topology() -> None:
     )
 
 
-def conv_net_options() -> dict[str, str]:
+def conv_net_options(train: bool = False) -> dict[str, str]:
     """XLA compiler options for programs that run a convolutional network (`jax.jit(..., compiler_options=)`).
 
-    On CPU, jaxlib 0.10's default hands dots, and the 1x1 convolutions XLA rewrites into dots, to YNNPACK; for
-    conv nets Eigen's kernels are faster here (ResNet-18, 32 px, 2 cores, idle: eval forward 279 vs 156 img/s,
-    training step 55 vs 46 img/s; `benchmarks/xla_cpu_options.py`), while the dense heads are as fast or faster
-    with YNNPACK (NMTune at D = 2048: 7.9 vs 4.3 steps/s), so the choice is made per program, not per process.
-    Results differ from the default by float32 round-off only (max relative gradient difference 1e-7).
-    Other backends: no options.
+    On CPU, jaxlib 0.10's default hands convolutions and dots to YNNPACK, slower here for conv nets than Eigen's
+    kernels, while YNNPACK's element-wise and reduction kernels make batch norm's training pass faster. So an eval
+    forward turns YNNPACK off, and a training step (`train=True`) keeps only its element-wise and reduction
+    fusions. ResNet-18, 32 px, 2 cores, against the default: eval forward about 1.6x, training step about
+    1.3-1.4x (`benchmarks/xla_cpu_options.py`). The dense heads keep the default (NMTune at D = 2048: 7.9 vs 4.3
+    steps/s with YNNPACK), so the choice is made per program, not per process. Results differ from the default
+    by float32 round-off only. Other backends: no options.
     """
-    return {"xla_cpu_experimental_ynn_fusion_type": ""} if jax.default_backend() == "cpu" else {}
+    if jax.default_backend() != "cpu":
+        return {}
+    kinds = "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE" if train else ""
+    return {"xla_cpu_experimental_ynn_fusion_type": kinds}
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

@@ -235,8 +235,8 @@ def train(
     tx = trainer.make_optimizer(config.optimizer, schedule)
     image_shape = _image_shape(test_data, config)
     encoders.write_card(workdir, "classifier", config, image_shape, num_classes=num_classes)
-    options = parallel.conv_net_options()  # Every supervised model here is a conv net.
-    eval_step = jax.jit(make_eval_step(model), compiler_options=options)
+    # Every supervised model here is a conv net.
+    eval_step = jax.jit(make_eval_step(model), compiler_options=parallel.conv_net_options())
     fields = ("image", "label", "clean_label", "is_noisy")
     recipe = trainer.Recipe(
         name=config.model.name,
@@ -250,7 +250,7 @@ def train(
         rates=lambda sums, last: train_summaries(sums),
         evaluate=lambda state: test_metrics(eval_step, state, test_data, config, mesh),
         summary_file=SUMMARY_FILE,
-        compiler_options=options,
+        compiler_options=parallel.conv_net_options(train=True),
     )
     return trainer.train(config, workdir, mesh, recipe, total_steps)
 

@@ -211,7 +211,8 @@ class Recipe:
       evaluate: state -> scalars, run every `config.eval_every_steps` and at the end (None: never).
       finish: state -> scalars, run once after the last step (e.g. zero-shot accuracy; None: nothing).
       summary_file: the finished run's summary, in the workdir.
-      compiler_options: XLA options of the jitted train step (`parallel.conv_net_options()` for conv nets).
+      compiler_options: XLA options of the jitted train step (`parallel.conv_net_options(train=True)` for conv
+        nets).
     """
 
     name: str

@@ -119,6 +119,9 @@ def test_conv_net_options_keep_convolutions_on_eigen():
         )
 
     default = jax.jit(conv).lower(x, k).compile()
-    ours = jax.jit(conv, compiler_options=parallel.conv_net_options()).lower(x, k).compile()
-    assert "__ynn_fusion" in default.as_text() and "__ynn_fusion" not in ours.as_text()
-    np.testing.assert_allclose(ours(x, k), default(x, k), rtol=1e-5, atol=1e-5)
+    assert "__ynn_fusion" in default.as_text()
+    for train in (False, True):
+        options = parallel.conv_net_options(train=train)
+        ours = jax.jit(conv, compiler_options=options).lower(x, k).compile()
+        assert "__ynn_fusion" not in ours.as_text()
+        np.testing.assert_allclose(ours(x, k), default(x, k), rtol=1e-5, atol=1e-5)
