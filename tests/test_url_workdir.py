@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from nml_jax import checkpoint, config_lib, encoders, features, files, main, metrics, tasks, workdir
+from tests.test_features import CountingEncoder
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -128,31 +129,9 @@ def test_output_of_another_config_is_moved_aside_in_a_url_workdir(url):
     assert files.read_text(f"{moved}/checkpoints/1/data") == "weights"
 
 
-class _Projection:
-    """A fixed random projection of the pixels, counting the images it encodes."""
-
-    input_shape = (28, 28, 1)
-    feature_dim = 8
-    fingerprint = "projection"
-
-    def __init__(self):
-        self.calls = 0
-        self.w = np.random.default_rng(0).normal(size=(28 * 28, 8)).astype(np.float32)
-
-    def inputs(self, images):
-        return images.astype(np.float32) / 255.0
-
-    def embed(self, inputs):
-        self.calls += len(inputs)
-        return inputs.reshape(len(inputs), -1) @ self.w
-
-    def features(self, images):
-        return self.embed(self.inputs(images))
-
-
 def test_feature_cache_in_a_url_directory(url, tmp_path):
     domain = tasks.Domain("uci_digits", "nml_uci_digits", "test[:60]")
-    encoder = _Projection()
+    encoder = CountingEncoder()
     made, labels = features.domain_features(
         encoder, domain, cache_dir=f"{url}/cache", chunk_size=32
     )
@@ -164,7 +143,7 @@ def test_feature_cache_in_a_url_directory(url, tmp_path):
     np.testing.assert_array_equal(again, made)
     np.testing.assert_array_equal(labels_again, labels)
     local, _ = features.domain_features(
-        _Projection(), domain, cache_dir=str(tmp_path), chunk_size=32
+        CountingEncoder(), domain, cache_dir=str(tmp_path), chunk_size=32
     )
     np.testing.assert_array_equal(local, made)
     assert files.read_bytes(cached) == (tmp_path / os.path.basename(cached)).read_bytes()
