@@ -46,30 +46,11 @@ def _variables(method, config, dim, seeds):
 
 
 def one_by_one(method, dim, num_examples, epochs, repeats):
-    """Median seconds of one `tuning.train_program` call (one head, all epochs) and its steps."""
-    config = _config(method, epochs)
-    mesh = parallel.make_mesh()
-    rng = np.random.default_rng(0)
-    views = jax.device_put(
-        rng.standard_normal((1, num_examples, dim)).astype(np.float32),
-        NamedSharding(mesh, P(None, parallel.DATA_AXIS)),
-    )
-    labels = jax.device_put(
-        rng.integers(0, NUM_CLASSES, num_examples).astype(np.int32), parallel.data_sharding(mesh)
-    )
-    variables = jax.tree.map(lambda x: x[0], _variables(method, config, dim, [0]))
-    train = tuning.train_program(
-        method,
-        tuning.settings_key(config),
-        NUM_CLASSES,
-        mesh,
-        num_examples=num_examples,
-        num_views=1,
-    )
-    seconds = common.time_call(
-        lambda: train(variables, views, labels, jnp.int32(0), ()), repeats=repeats
-    )["median_s"]
-    return seconds, epochs * tuning.steps_per_epoch(num_examples, BATCH)
+    """Median seconds of one `tuning.train_program` call (one head, all epochs) and its steps: the program
+    `benchmarks.transfer_throughput` measures."""
+    train, args, steps = transfer_throughput.make_program(method, num_examples, dim, BATCH, epochs)
+    seconds = common.time_call(lambda: train(*args), repeats=repeats)["median_s"]
+    return seconds, steps
 
 
 def batched(method, dim, sizes, epochs, repeats):
